@@ -1,0 +1,38 @@
+"""bananas: a Redis job queue whose handlers come from pip-installable plugins."""
+
+from bananas_core.context import JobContext
+from bananas_core.errors import (
+    BackendError,
+    BananasError,
+    ConfigError,
+    JobNotFound,
+    PermanentError,
+    PluginError,
+)
+from bananas_core.hookspecs import hookspec
+from bananas_core.job import Job, JobError, JobStatus, Priority
+from bananas_core.plugins import hookimpl
+from bananas_core.registry import HandlerRegistry
+from bananas_core.settings import Settings, load_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BananasError",
+    "ConfigError",
+    "HandlerRegistry",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobNotFound",
+    "JobStatus",
+    "PermanentError",
+    "PluginError",
+    "Priority",
+    "Settings",
+    "hookimpl",
+    "hookspec",
+    "load_settings",
+]
+

@@ -1,0 +1,24 @@
+-- Move scheduled jobs that are due to the tail of their priority lists.
+-- KEYS: scheduled, high, normal, low, jobs, wakeup
+-- ARGV: now ms, max jobs, wakeup token limit
+-- Returns the number of jobs moved.
+local lists = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local raw = redis.call('HGET', KEYS[5], id)
+  if raw then
+    local job = cjson.decode(raw)
+    job.status = 'pending'
+    job.run_at = nil
+    redis.call('HSET', KEYS[5], id, cjson.encode(job))
+    redis.call('RPUSH', lists[job.priority] or KEYS[3], id)
+  end
+end
+
+if #ids > 0 then
+  redis.call('RPUSH', KEYS[6], '1')
+  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[3]), -1)
+end
+return #ids

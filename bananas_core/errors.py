@@ -1,0 +1,45 @@
+"""Exceptions raised by bananas.
+
+    BananasError
+    ├── ConfigError            a setting has an invalid value
+    ├── PluginError            a plugin failed to load or conflicts with another
+    ├── BackendError           the backend (Redis) failed or is unreachable
+    ├── JobNotFound            no job has the requested id
+    └── PermanentError         raised by a handler: fail the job now, without retries
+
+redis-py errors are translated into BackendError at the backend boundary, so callers
+catch one type whatever the backend is.
+"""
+
+from __future__ import annotations
+
+
+class BananasError(Exception):
+    """Base class of every error that bananas raises on purpose."""
+
+
+class ConfigError(BananasError):
+    """Raised when a setting has an invalid value. The message names the variable and the fix."""
+
+
+class PluginError(BananasError):
+    """Raised when a plugin fails to import, or two plugins register the same handler name."""
+
+
+class BackendError(BananasError):
+    """Raised when the backend cannot complete an operation, for example Redis is unreachable."""
+
+
+class JobNotFound(BananasError):
+    """Raised when no job has the requested id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+class PermanentError(BananasError):
+    """Raised by a handler to fail its job at once: no retry, straight to the dead letter queue.
+
+    Use it for errors that another attempt cannot fix, such as an invalid payload.
+    """

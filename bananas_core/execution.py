@@ -1,0 +1,75 @@
+"""Running one handler call: sync or async, with a timeout, turned into a result or an error."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from functools import partial
+from typing import Any
+
+import anyio
+
+from bananas_core.context import JobContext
+from bananas_core.errors import PermanentError
+from bananas_core.job import JobError
+from bananas_core.registry import Handler
+
+TRACEBACK_MAX_CHARS = 4000
+MESSAGE_MAX_CHARS = 2000
+
+
+class JobTimeout(Exception):
+    """Raised when a run exceeds its job's timeout."""
+
+
+class UnknownHandler(PermanentError):
+    """Raised when no installed plugin handles a job's name."""
+
+
+class InvalidResult(PermanentError):
+    """Raised when a handler returns a value that is not JSON serialisable."""
+
+
+async def run_handler(
+    handler: Handler, context: JobContext, limiter: anyio.CapacityLimiter
+) -> Any:
+    """Call ``handler`` with the job's payload and return its JSON-serialisable result.
+
+    Async handlers run on the event loop and are cancelled at the timeout. Sync handlers run
+    in a worker thread from ``limiter``. Raises JobTimeout after ``job.timeout`` seconds.
+    """
+    job = context.job
+    arguments = (job.payload, context) if handler.takes_context else (job.payload,)
+
+    with anyio.move_on_after(job.timeout) as scope:
+        if handler.is_async:
+            result = await handler.function(*arguments)
+        else:
+            # NOTE: a sync handler's thread cannot be stopped. At the timeout its slot is freed
+            # and the thread is abandoned, running on until the function returns.
+            result = await anyio.to_thread.run_sync(
+                partial(handler.function, *arguments), abandon_on_cancel=True, limiter=limiter
+            )
+    if scope.cancelled_caught:
+        raise JobTimeout(f"job {job.id} ({job.name}) exceeded its timeout of {job.timeout:g}s")
+
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as error:
+        raise InvalidResult(
+            f"handler {job.name!r} returned {type(result).__name__}, which is not JSON "
+            f"serialisable ({error}); return a dict, list, str, number, bool or None"
+        ) from error
+    return result
+
+
+def describe_error(error: BaseException) -> JobError:
+    """Summarise an exception as a JobError with a trimmed traceback."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if len(text) > TRACEBACK_MAX_CHARS:
+        text = "...\n" + text[-TRACEBACK_MAX_CHARS:]
+    return JobError(
+        type=type(error).__name__,
+        message=str(error)[:MESSAGE_MAX_CHARS],
+        traceback=text,
+    )

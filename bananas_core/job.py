@@ -1,0 +1,175 @@
+"""The job model and its JSON record in the backend."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Priority(str, Enum):
+    """Priority of a job. A worker takes every high job before any normal one, and so on."""
+
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+
+PRIORITIES = (Priority.high, Priority.normal, Priority.low)
+
+
+class JobStatus(str, Enum):
+    """Where a job is. A job is in exactly one of these at any time."""
+
+    pending = "pending"  # in its priority queue, waiting for a worker
+    scheduled = "scheduled"  # in the scheduled set, waiting for its run time (delay or retry)
+    processing = "processing"  # leased by a worker and running
+    completed = "completed"  # finished, with its result kept until COMPLETED_TTL
+    dead = "dead"  # in the dead letter queue after its last failure
+
+
+class JobError(BaseModel):
+    """The last error a job raised."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class Job(BaseModel):
+    """A unit of work: the handler name, its JSON payload and its progress through the queue."""
+
+    id: str
+    name: str
+    queue: str = "default"
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.normal
+    status: JobStatus = JobStatus.pending
+    attempts: int = 0  # runs started, including one that is running now
+    retries: int = 0  # retries scheduled after failures
+    max_retries: int = 3
+    timeout: float = 300.0  # seconds one run may take
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    run_at: datetime | None = None  # when a scheduled job is due
+    error: JobError | None = None
+    result: Any = None
+    token: int = 0  # delivery counter: each lease has its own, so a stale worker is fenced off
+    worker: str | None = None
+
+    def to_record(self) -> str:
+        """Encode the job as the JSON record the backend stores.
+
+        Lua scripts decode and re-encode records with cjson, which keeps 14 significant
+        digits of a number and turns an empty object into an empty array. So timestamps are
+        integer milliseconds, and payload, result and error are nested JSON strings that Lua
+        never parses.
+        """
+        record = {
+            "id": self.id,
+            "name": self.name,
+            "queue": self.queue,
+            "priority": self.priority.value,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "max_retries": self.max_retries,
+            "timeout_ms": round(self.timeout * 1000),
+            "created_at": _to_ms(self.created_at),
+            "started_at": _to_ms(self.started_at),
+            "finished_at": _to_ms(self.finished_at),
+            "run_at": _to_ms(self.run_at),
+            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "error": self.error.model_dump_json() if self.error else None,
+            "result": None if self.result is None else json.dumps(self.result),
+            "token": self.token,
+            "worker": self.worker,
+        }
+        return json.dumps({k: v for k, v in record.items() if v is not None})
+
+    @classmethod
+    def from_record(cls, raw: str | bytes) -> Job:
+        """Decode a record written by ``to_record`` or changed by a Lua script."""
+        record = json.loads(raw)
+        error = record.get("error")
+        result = record.get("result")
+        return cls(
+            id=record["id"],
+            name=record["name"],
+            queue=record.get("queue", "default"),
+            payload=json.loads(record.get("payload") or "{}"),
+            priority=record["priority"],
+            status=record["status"],
+            attempts=int(record.get("attempts", 0)),
+            retries=int(record.get("retries", 0)),
+            max_retries=int(record.get("max_retries", 0)),
+            timeout=record.get("timeout_ms", 300_000) / 1000,
+            created_at=_from_ms(record["created_at"]),
+            started_at=_from_ms(record.get("started_at")),
+            finished_at=_from_ms(record.get("finished_at")),
+            run_at=_from_ms(record.get("run_at")),
+            error=JobError.model_validate_json(error) if error else None,
+            result=None if result is None else json.loads(result),
+            token=int(record.get("token", 0)),
+            worker=record.get("worker"),
+        )
+
+
+def new_job_id() -> str:
+    """Return a new job id: 32 hex digits, unique without coordination."""
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    """Return the current wall-clock time in integer milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+def utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime with millisecond precision."""
+    return _from_ms(now_ms())  # type: ignore[return-value]
+
+
+def _to_ms(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    return round(moment.timestamp() * 1000)
+
+
+def _from_ms(value: int | float | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+
+
+def new_job(
+    name: str,
+    payload: dict[str, Any],
+    *,
+    queue: str,
+    priority: Priority | str = Priority.normal,
+    delay: float = 0.0,
+    max_retries: int,
+    timeout: float,
+) -> Job:
+    """Build a job ready to enqueue: pending, or scheduled ``delay`` seconds from now."""
+    created = utc_now()
+    run_at = _from_ms(now_ms() + round(delay * 1000)) if delay > 0 else None
+    return Job(
+        id=new_job_id(),
+        name=name,
+        queue=queue,
+        payload=payload,
+        priority=Priority(priority),
+        status=JobStatus.scheduled if run_at else JobStatus.pending,
+        max_retries=max_retries,
+        timeout=timeout,
+        created_at=created,
+        run_at=run_at,
+    )

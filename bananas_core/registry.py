@@ -1,0 +1,107 @@
+"""The handler registry that plugins fill through ``bananas_register_handlers``."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bananas_core.errors import PluginError
+
+HANDLER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered job handler and the plugin that registered it."""
+
+    name: str
+    function: Callable[..., Any]
+    plugin: str
+    is_async: bool
+    takes_context: bool  # whether the function accepts a second argument, the JobContext
+
+
+class HandlerRegistry:
+    """Handler names mapped to the functions that run them, one plugin per name."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self.current_plugin = "<direct>"  # set by the plugin manager around each plugin's hook
+
+    def register(self, name: str, function: Callable[..., Any]) -> None:
+        """Register ``function`` to run jobs named ``name``.
+
+        Raises PluginError if the name is invalid, the function is not callable, or another
+        plugin already registered the name.
+        """
+        if not isinstance(name, str) or not HANDLER_NAME.match(name):
+            raise PluginError(
+                f"plugin {self.current_plugin!r} registered an invalid handler name {name!r}: "
+                "use 1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'"
+            )
+        if not callable(function):
+            raise PluginError(
+                f"plugin {self.current_plugin!r} registered handler {name!r} with "
+                f"{function!r}, which is not callable"
+            )
+
+        existing = self._handlers.get(name)
+        if existing is not None:
+            raise PluginError(
+                f"handler {name!r} is registered twice:\n"
+                f"  first by plugin {existing.plugin!r}\n"
+                f"  again by plugin {self.current_plugin!r}\n"
+                "Uninstall or block one of the two plugins."
+            )
+
+        self._handlers[name] = Handler(
+            name=name,
+            function=function,
+            plugin=self.current_plugin,
+            is_async=_is_async(function),
+            takes_context=_positional_count(function) >= 2,
+        )
+
+    def get(self, name: str) -> Handler | None:
+        """Return the handler registered for ``name``, or None."""
+        return self._handlers.get(name)
+
+    def names(self) -> list[str]:
+        """Return the registered handler names, sorted."""
+        return sorted(self._handlers)
+
+    def by_plugin(self, plugin: str) -> list[str]:
+        """Return the names of the handlers that ``plugin`` registered, sorted."""
+        return sorted(h.name for h in self._handlers.values() if h.plugin == plugin)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(function):
+        return True
+    call = getattr(function, "__call__", None)
+    return inspect.iscoroutinefunction(call)
+
+
+def _positional_count(function: Callable[..., Any]) -> int:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return 1
+    count = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 2
+        if parameter.kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            count += 1
+    return count

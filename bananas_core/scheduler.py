@@ -1,0 +1,98 @@
+"""The scheduler: moves due jobs to their queues and returns jobs whose lease expired."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+
+import anyio
+
+from bananas_core.backends.base import Backend
+from bananas_core.errors import BackendError
+from bananas_core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000  # jobs moved per script call; each call keeps Redis busy for a bounded time
+PURGE_EVERY = 60.0  # seconds between deletions of completed and dead jobs past retention
+BACKOFF_MAX = 10.0
+
+
+class Scheduler:
+    """Runs one tick every SCHEDULER_INTERVAL until stopped. Any number may run at once."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self._stopped = anyio.Event()
+        self._last_purge = 0.0
+
+    async def run(self, handle_signals: bool = True) -> None:
+        """Tick until ``stop()`` or SIGTERM/SIGINT."""
+        logger.info(
+            "Scheduler %s starting on queue %s, tick every %gs",
+            self.id, self.backend.queue, self.settings.SCHEDULER_INTERVAL,
+        )
+        async with anyio.create_task_group() as tasks:
+            if handle_signals:
+                tasks.start_soon(self._watch_signals)
+
+            failures = 0
+            while not self._stopped.is_set():
+                try:
+                    await self.tick()
+                    failures = 0
+                    delay = self.settings.SCHEDULER_INTERVAL
+                except BackendError as error:
+                    failures += 1
+                    delay = min(self.settings.SCHEDULER_INTERVAL * 2 ** (failures - 1), BACKOFF_MAX)
+                    if failures == 1 or failures % 10 == 0:
+                        logger.warning(
+                            "Scheduler tick failed (failure %d), retrying in %.1fs: %s",
+                            failures, delay, error,
+                        )
+                with anyio.move_on_after(delay):
+                    await self._stopped.wait()
+            tasks.cancel_scope.cancel()
+        logger.info("Scheduler %s stopped", self.id)
+
+    def stop(self) -> None:
+        """Finish the current tick and stop."""
+        self._stopped.set()
+
+    async def tick(self) -> int:
+        """Promote due jobs, return expired leases, and purge old jobs. Returns jobs promoted."""
+        promoted = 0
+        while True:
+            moved = await self.backend.promote_due(BATCH)
+            promoted += moved
+            if moved < BATCH:
+                break
+        if promoted:
+            logger.info("Moved %d due jobs to their queues", promoted)
+
+        while True:
+            expired = await self.backend.requeue_expired(BATCH)
+            for job_id in expired:
+                logger.warning("Returned job %s to its queue: its worker's lease expired", job_id)
+            if len(expired) < BATCH:
+                break
+
+        now = anyio.current_time()
+        if now - self._last_purge >= PURGE_EVERY:
+            self._last_purge = now
+            purged = await self.backend.purge_finished(
+                self.settings.COMPLETED_TTL, self.settings.DEAD_TTL, BATCH
+            )
+            if purged:
+                logger.info("Deleted %d completed and dead jobs past their retention", purged)
+        return promoted
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for received in signals:
+                logger.info("Received %s", signal.Signals(received).name)
+                self.stop()

@@ -1,0 +1,58 @@
+"""Job handlers that the tests load as a plugin module through the PLUGINS setting."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+
+from bananas_core import JobContext, PermanentError, hookimpl
+
+
+def echo(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+async def async_sleep(payload: dict[str, Any]) -> float:
+    await anyio.sleep(payload["seconds"])
+    return payload["seconds"]
+
+
+def blocking_sleep(payload: dict[str, Any]) -> float:
+    time.sleep(payload["seconds"])
+    return payload["seconds"]
+
+
+# Tags of ``record`` runs in the order they ran, for tests whose worker runs in-process.
+RECORDED: list[str] = []
+
+
+def record(payload: dict[str, Any]) -> str:
+    RECORDED.append(payload["tag"])
+    return payload["tag"]
+
+
+def fail(payload: dict[str, Any]) -> None:
+    raise RuntimeError(payload.get("message", "handler failed on purpose"))
+
+
+def flaky(payload: dict[str, Any], ctx: JobContext) -> int:
+    """Fail the first ``failures`` attempts, then return the attempt number."""
+    if ctx.attempt <= payload["failures"]:
+        raise RuntimeError(f"attempt {ctx.attempt} failed on purpose")
+    return ctx.attempt
+
+
+def reject(payload: dict[str, Any]) -> None:
+    raise PermanentError("payload rejected on purpose")
+
+
+def not_json(payload: dict[str, Any]) -> object:
+    return object()
+
+
+@hookimpl
+def bananas_register_handlers(registry: Any) -> None:
+    for handler in (echo, record, async_sleep, blocking_sleep, fail, flaky, reject, not_json):
+        registry.register(handler.__name__, handler)

@@ -1,0 +1,252 @@
+"""Worker behaviour on the embedded backend and on real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import pytest
+
+from bananas_core.backends import create_backend
+from bananas_core.client import Client
+from bananas_core.job import Job, JobStatus
+from bananas_core.plugins import load_plugins
+from bananas_core.scheduler import Scheduler
+from bananas_core.settings import Settings, load_settings
+from bananas_core.worker import Worker
+from tests.handlers import RECORDED
+
+pytestmark = pytest.mark.anyio
+
+FINAL = {JobStatus.completed, JobStatus.dead}
+
+
+@dataclass
+class System:
+    settings: Settings
+    client: Client
+    worker: Worker
+
+    async def wait_for(self, job: Job, statuses: set[JobStatus] = FINAL, timeout: float = 10) -> Job:
+        with anyio.fail_after(timeout):
+            while True:
+                current = await self.client.get_job(job.id)
+                if current.status in statuses:
+                    return current
+                await anyio.sleep(0.01)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return f"memory://worker-test-{uuid.uuid4().hex}"
+    return request.getfixturevalue("redis_url")
+
+
+def make_settings(url: str, prefix: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "REDIS_URL": url,
+        "KEY_PREFIX": prefix,
+        "PLUGINS": "tests.handlers",
+        "SHUTDOWN_GRACE": 2,
+        "SCHEDULER_INTERVAL": 0.05,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@asynccontextmanager
+async def start_system(settings: Settings) -> AsyncIterator[System]:
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    worker = Worker(settings, backend, plugins)
+    scheduler = Scheduler(settings, backend)
+    client = Client(settings, plugins=plugins, backend=backend)
+    try:
+        async with anyio.create_task_group() as services:
+            services.start_soon(worker.run, False)
+            services.start_soon(scheduler.run, False)
+            yield System(settings, client, worker)
+            worker.stop()
+            scheduler.stop()
+    finally:
+        await backend.close()
+
+
+@pytest.fixture
+async def system(backend_url: str, key_prefix: str) -> AsyncIterator[System]:
+    async with start_system(make_settings(backend_url, key_prefix)) as running:
+        yield running
+
+
+async def test_completed_job_keeps_result(system: System) -> None:
+    job = await system.client.submit("echo", {"greeting": "hello", "empty": {}})
+
+    done = await system.wait_for(job)
+
+    assert done.status is JobStatus.completed
+    assert done.result == {"greeting": "hello", "empty": {}}
+    assert done.attempts == 1
+    assert done.started_at is not None
+    assert done.finished_at is not None and done.finished_at >= done.started_at
+
+
+async def test_async_and_sync_handlers_both_run(system: System) -> None:
+    first = await system.client.submit("async_sleep", {"seconds": 0.01})
+    second = await system.client.submit("blocking_sleep", {"seconds": 0.01})
+
+    assert (await system.wait_for(first)).result == 0.01
+    assert (await system.wait_for(second)).result == 0.01
+
+
+async def test_unknown_handler_goes_dead(system: System) -> None:
+    job = await system.client.submit("no_such_handler", {})
+
+    dead = await system.wait_for(job)
+
+    assert dead.status is JobStatus.dead
+    assert dead.error is not None
+    assert dead.error.type == "UnknownHandler"
+    assert "no_such_handler" in dead.error.message
+    assert dead.retries == 0
+
+
+async def test_permanent_error_skips_retries(system: System) -> None:
+    job = await system.client.submit("reject", {}, max_retries=3)
+
+    dead = await system.wait_for(job)
+
+    assert dead.status is JobStatus.dead
+    assert dead.attempts == 1
+    assert dead.error is not None and dead.error.type == "PermanentError"
+
+
+async def test_non_json_result_goes_dead(system: System) -> None:
+    job = await system.client.submit("not_json", {})
+
+    dead = await system.wait_for(job)
+
+    assert dead.status is JobStatus.dead
+    assert dead.error is not None and "not JSON serialisable" in dead.error.message
+
+
+async def test_async_timeout_fails_and_frees_slot(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1, MAX_RETRIES=0)
+    async with start_system(settings) as system:
+        slow = await system.client.submit("async_sleep", {"seconds": 30}, timeout=0.2)
+        quick = await system.client.submit("echo", {"after": "timeout"})
+
+        dead = await system.wait_for(slow)
+        done = await system.wait_for(quick)
+
+        assert dead.status is JobStatus.dead
+        assert dead.error is not None and dead.error.type == "JobTimeout"
+        assert "0.2s" in dead.error.message
+        assert done.status is JobStatus.completed
+
+
+async def test_sync_timeout_frees_slot(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1, MAX_RETRIES=0)
+    async with start_system(settings) as system:
+        stuck = await system.client.submit("blocking_sleep", {"seconds": 1.5}, timeout=0.2)
+        quick = await system.client.submit("echo", {})
+
+        dead = await system.wait_for(stuck)
+        done = await system.wait_for(quick, timeout=1)
+
+        assert dead.error is not None and dead.error.type == "JobTimeout"
+        assert done.status is JobStatus.completed
+
+
+async def test_strict_priority_and_fifo(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1)
+    async with start_system(settings) as system:
+        blocker = await system.client.submit("async_sleep", {"seconds": 0.3})
+        await system.wait_for(blocker, {JobStatus.processing})
+        RECORDED.clear()
+        submitted = []
+        for number, priority in enumerate(["low", "normal", "high", "low", "normal", "high"]):
+            tag = f"{priority}-{number}"
+            submitted.append(await system.client.submit("record", {"tag": tag}, priority=priority))
+
+        for job in submitted:
+            await system.wait_for(job)
+
+        assert RECORDED == ["high-2", "high-5", "normal-1", "normal-4", "low-0", "low-3"]
+
+
+async def test_failed_job_retries_then_succeeds(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bananas_core.retry.BACKOFF_BASE", 0.05)
+    async with start_system(make_settings(backend_url, key_prefix)) as system:
+        job = await system.client.submit("flaky", {"failures": 2}, max_retries=3)
+
+        done = await system.wait_for(job)
+
+        assert done.status is JobStatus.completed
+        assert done.result == 3
+        assert done.attempts == 3
+        assert done.retries == 2
+        assert done.error is not None and "attempt 2 failed" in done.error.message
+
+
+async def test_retries_used_up_go_dead(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bananas_core.retry.BACKOFF_BASE", 0.05)
+    async with start_system(make_settings(backend_url, key_prefix)) as system:
+        job = await system.client.submit("fail", {"message": "always"}, max_retries=2)
+
+        dead = await system.wait_for(job)
+        counts = await system.client.counts()
+
+        assert dead.status is JobStatus.dead
+        assert dead.attempts == 3
+        assert dead.retries == 2
+        assert dead.error is not None and dead.error.message == "always"
+        assert counts.dead == 1
+        assert counts.scheduled == 0
+
+
+async def test_delayed_job_waits_for_run_time(system: System) -> None:
+    job = await system.client.submit("echo", {}, delay=0.3)
+    assert job.status is JobStatus.scheduled
+
+    done = await system.wait_for(job)
+
+    assert done.status is JobStatus.completed
+    assert done.started_at is not None and done.started_at >= job.run_at
+
+
+async def test_stop_returns_unfinished_jobs(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, SHUTDOWN_GRACE=0.2)
+    async with start_system(settings) as system:
+        job = await system.client.submit("async_sleep", {"seconds": 30})
+        await system.wait_for(job, {JobStatus.processing})
+
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    try:
+        returned = await backend.get_job(job.id)
+        counts = await backend.counts()
+    finally:
+        await backend.close()
+    assert returned.status is JobStatus.pending
+    assert returned.attempts == 0
+    assert counts.normal == 1
+    assert counts.processing == 0
+
+
+async def test_job_that_finishes_in_grace_is_completed(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, SHUTDOWN_GRACE=5)
+    async with start_system(settings) as system:
+        job = await system.client.submit("async_sleep", {"seconds": 0.3})
+        await system.wait_for(job, {JobStatus.processing})
+
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    try:
+        finished = await backend.get_job(job.id)
+    finally:
+        await backend.close()
+    assert finished.status is JobStatus.completed
