@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
 import anyio
+import redis
 
 from bananas_core import JobContext, PermanentError, hookimpl
 
@@ -33,6 +36,22 @@ def record(payload: dict[str, Any]) -> str:
     return payload["tag"]
 
 
+def stamp(payload: dict[str, Any]) -> str:
+    """Append the tag and the time to the Redis list ``key``, then fail if ``fail`` is set.
+
+    End-to-end tests read the list to see when and in which order runs started in another
+    process.
+    """
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        client.rpush(payload["key"], json.dumps({"tag": payload.get("tag"), "time": time.time()}))
+    finally:
+        client.close()
+    if payload.get("fail"):
+        raise RuntimeError(f"stamp {payload.get('tag')} failed on purpose")
+    return payload.get("tag", "")
+
+
 def fail(payload: dict[str, Any]) -> None:
     raise RuntimeError(payload.get("message", "handler failed on purpose"))
 
@@ -54,5 +73,5 @@ def not_json(payload: dict[str, Any]) -> object:
 
 @hookimpl
 def bananas_register_handlers(registry: Any) -> None:
-    for handler in (echo, record, async_sleep, blocking_sleep, fail, flaky, reject, not_json):
+    for handler in (echo, record, stamp, async_sleep, blocking_sleep, fail, flaky, reject, not_json):
         registry.register(handler.__name__, handler)

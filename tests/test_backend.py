@@ -1,0 +1,252 @@
+"""The backend contract, run against the embedded backend and against real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import anyio
+import pytest
+
+from bananas_core.backends.base import Backend
+from bananas_core.backends.memory import memory_backend
+from bananas_core.backends.redis import RedisBackend
+from bananas_core.errors import BackendError, JobNotFound
+from bananas_core.job import Job, JobError, JobStatus, new_job, utc_now
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[RedisBackend]:
+    if request.param == "memory":
+        store = memory_backend(f"memory://contract-{uuid.uuid4().hex}", prefix=key_prefix, queue="default")
+    else:
+        url = request.getfixturevalue("redis_url")
+        store = RedisBackend.from_url(url, prefix=key_prefix, queue="default")
+    yield store
+    await store.close()
+
+
+def make_job(name: str = "echo", priority: str = "normal", delay: float = 0.0, **payload: object) -> Job:
+    return new_job(name, dict(payload), queue="default", priority=priority, delay=delay, max_retries=3, timeout=60)
+
+
+async def test_enqueue_then_get_roundtrips_payload(backend: Backend) -> None:
+    job = make_job(nested={"a": [1, 2, {}]}, text="ünïcode")
+
+    stored, created = await backend.enqueue(job)
+    fetched = await backend.get_job(job.id)
+
+    assert created
+    assert fetched.payload == {"nested": {"a": [1, 2, {}]}, "text": "ünïcode"}
+    assert fetched.status is JobStatus.pending
+    assert fetched.created_at == job.created_at
+
+
+async def test_enqueue_same_id_keeps_first(backend: Backend) -> None:
+    job = make_job(version=1)
+    await backend.enqueue(job)
+
+    stored, created = await backend.enqueue(job.model_copy(update={"payload": {"version": 2}}))
+
+    assert not created
+    assert stored.payload == {"version": 1}
+    assert (await backend.counts()).normal == 1
+
+
+async def test_get_unknown_job_raises(backend: Backend) -> None:
+    with pytest.raises(JobNotFound, match="'missing' not found"):
+        await backend.get_job("missing")
+
+
+async def test_claim_takes_priorities_in_order(backend: Backend) -> None:
+    jobs = [make_job(priority=p) for p in ("low", "normal", "high", "normal", "high")]
+    for job in jobs:
+        await backend.enqueue(job)
+
+    first = await backend.claim(3, "w", 30)
+    rest = await backend.claim(10, "w", 30)
+
+    assert [j.id for j in first] == [jobs[2].id, jobs[4].id, jobs[1].id]
+    assert [j.id for j in rest] == [jobs[3].id, jobs[0].id]
+    assert all(j.status is JobStatus.processing and j.attempts == 1 and j.token == 1 for j in first)
+
+
+async def test_claim_on_empty_queue_returns_nothing(backend: Backend) -> None:
+    assert await backend.claim(5, "w", 30) == []
+
+
+async def test_stale_token_cannot_complete(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    [leased] = await backend.claim(1, "w", 30)
+    stale = leased.model_copy(update={"token": leased.token - 1})
+
+    rejected = await backend.complete(stale, {"stale": True})
+    accepted = await backend.complete(leased, {"fresh": True})
+
+    assert not rejected
+    assert accepted
+    assert (await backend.get_job(job.id)).result == {"fresh": True}
+
+
+async def test_expired_lease_is_requeued_and_fences_old_worker(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    [first] = await backend.claim(1, "w1", 0.05)
+    await anyio.sleep(0.1)
+
+    returned = await backend.requeue_expired(100)
+    [second] = await backend.claim(1, "w2", 30)
+    lost = await backend.heartbeat([first], 30)
+
+    assert returned == [job.id]
+    assert second.token == first.token + 1
+    assert second.attempts == 2
+    assert lost == [job.id]
+    assert not await backend.complete(first, "late")
+    assert not await backend.fail(first, JobError(type="E", message="late"), None)
+    assert await backend.complete(second, "on time")
+
+
+async def test_heartbeat_keeps_lease_alive(backend: Backend) -> None:
+    await backend.enqueue(make_job())
+    [leased] = await backend.claim(1, "w", 0.2)
+
+    for _ in range(3):
+        await anyio.sleep(0.1)
+        assert await backend.heartbeat([leased], 0.2) == []
+        assert await backend.requeue_expired(100) == []
+
+    assert (await backend.counts()).processing == 1
+
+
+async def test_fail_with_retry_schedules_then_promotes(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    [leased] = await backend.claim(1, "w", 30)
+    retry_at = round((utc_now() + timedelta(milliseconds=100)).timestamp() * 1000)
+
+    assert await backend.fail(leased, JobError(type="RuntimeError", message="boom"), retry_at)
+    scheduled = await backend.get_job(job.id)
+    early = await backend.promote_due(100)
+    await anyio.sleep(0.15)
+    promoted = await backend.promote_due(100)
+    pending = await backend.get_job(job.id)
+
+    assert scheduled.status is JobStatus.scheduled
+    assert scheduled.retries == 1
+    assert scheduled.error is not None and scheduled.error.message == "boom"
+    assert early == 0
+    assert promoted == 1
+    assert pending.status is JobStatus.pending
+    assert pending.run_at is None
+
+
+async def test_fail_without_retry_goes_dead(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    [leased] = await backend.claim(1, "w", 30)
+
+    await backend.fail(leased, JobError(type="RuntimeError", message="boom"), None)
+    counts = await backend.counts()
+
+    assert (await backend.get_job(job.id)).status is JobStatus.dead
+    assert (counts.dead, counts.processing, counts.scheduled) == (1, 0, 0)
+
+
+async def test_promotion_happens_once_across_schedulers(backend: Backend) -> None:
+    jobs = [make_job(delay=0.05) for _ in range(200)]
+    for job in jobs:
+        await backend.enqueue(job)
+    await anyio.sleep(0.1)
+    moved: list[int] = []
+
+    async def scheduler() -> None:
+        moved.append(await backend.promote_due(7))
+        while (count := await backend.promote_due(7)) > 0:
+            moved.append(count)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(4):
+            group.start_soon(scheduler)
+
+    counts = await backend.counts()
+    assert sum(moved) == 200
+    assert counts.normal == 200
+    assert counts.scheduled == 0
+
+
+async def test_release_puts_job_at_head(backend: Backend) -> None:
+    first, second = make_job(), make_job()
+    await backend.enqueue(first)
+    await backend.enqueue(second)
+    [leased] = await backend.claim(1, "w", 30)
+
+    assert await backend.release(leased)
+    [again] = await backend.claim(1, "w", 30)
+
+    assert again.id == first.id
+    assert again.attempts == 1
+
+
+async def test_purge_deletes_only_expired_finished_jobs(backend: Backend) -> None:
+    done, waiting = make_job(), make_job()
+    await backend.enqueue(done)
+    [leased] = await backend.claim(1, "w", 30)
+    await backend.complete(leased, 1)
+    await backend.enqueue(waiting)
+
+    kept = await backend.purge_finished(3600, 3600, 100)
+    deleted = await backend.purge_finished(0, 0, 100)
+
+    assert kept == 0
+    assert deleted == 1
+    with pytest.raises(JobNotFound):
+        await backend.get_job(done.id)
+    assert (await backend.get_job(waiting.id)).status is JobStatus.pending
+
+
+async def test_wait_for_jobs_wakes_on_enqueue(backend: Backend) -> None:
+    woke_after: list[float] = []
+
+    async def waiter() -> None:
+        started = anyio.current_time()
+        await backend.wait_for_jobs(5)
+        woke_after.append(anyio.current_time() - started)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter)
+        await anyio.sleep(0.1)
+        await backend.enqueue(make_job())
+
+    assert woke_after[0] < 2
+
+
+@pytest.mark.redis
+async def test_every_key_shares_the_queue_hash_tag(redis_url: str, key_prefix: str) -> None:
+    store = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="reports")
+    try:
+        await store.enqueue(make_job())
+        await store.enqueue(make_job(delay=60))
+        [leased] = await store.claim(1, "w", 30)
+        await store.fail(leased, JobError(type="E", message="x"), None)
+        keys = [key async for key in store.client.scan_iter(match=f"{key_prefix}:*")]
+    finally:
+        await store.close()
+
+    queue_keys = [key for key in keys if key != f"{key_prefix}:queues"]
+    assert queue_keys
+    assert all(key.startswith(f"{key_prefix}:{{reports}}:") for key in queue_keys)
+
+
+async def test_unreachable_redis_raises_backend_error() -> None:
+    # Port 1 on loopback has no server, so the connection is refused at once.
+    store = RedisBackend.from_url("redis://127.0.0.1:1/0", prefix="bananas-unreachable", queue="default")
+    try:
+        with pytest.raises(BackendError, match="Redis at redis://127.0.0.1:1/0 failed in ping"):
+            await store.ping()
+    finally:
+        await store.close()

@@ -1,0 +1,94 @@
+"""Settings from the environment, durations and the default retry schedule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bananas_core.durations import parse_duration
+from bananas_core.errors import ConfigError
+from bananas_core.job import Job, utc_now
+from bananas_core.retry import exponential_backoff
+from bananas_core.settings import load_settings
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30", 30.0), (45, 45.0), ("1.5", 1.5), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("2d", 172800.0)],
+)
+def test_duration_forms(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "-3", "m5", "1.2.3", True, "inf"])
+def test_invalid_duration_names_value(text: object) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "API_PORT", "WORKER_CONCURRENCY", "JOB_TIMEOUT", "MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+
+    settings = load_settings()
+
+    assert settings.REDIS_URL == "redis://localhost:6379/0"
+    assert settings.API_PORT == 8080
+    assert settings.WORKER_CONCURRENCY == 5
+    assert settings.JOB_TIMEOUT == 300.0
+    assert settings.MAX_RETRIES == 3
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_TIMEOUT", "30s")
+    monkeypatch.setenv("WORKER_CONCURRENCY", "12")
+    monkeypatch.setenv("REDIS_URL", "unix:///run/redis.sock")
+
+    settings = load_settings()
+
+    assert settings.JOB_TIMEOUT == 30.0
+    assert settings.WORKER_CONCURRENCY == 12
+    assert settings.REDIS_URL == "unix:///run/redis.sock"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("JOB_TIMEOUT", "soon", "invalid JOB_TIMEOUT='soon': expected a number of seconds"),
+        ("JOB_TIMEOUT", "0", "invalid JOB_TIMEOUT='0'"),
+        ("API_PORT", "70000", "invalid API_PORT='70000': expected a whole number from 1 to 65535"),
+        ("WORKER_CONCURRENCY", "zero", "invalid WORKER_CONCURRENCY='zero'"),
+        ("MAX_RETRIES", "-1", "invalid MAX_RETRIES='-1'"),
+        ("REDIS_URL", "http://x", "invalid REDIS_URL='http://x': expected a URL starting with redis://"),
+    ],
+)
+def test_invalid_setting_names_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str) -> None:
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+
+    assert str(raised.value).startswith(expected)
+
+
+def test_invalid_setting_exits_2_with_one_line() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", "from bananas_core.cli import main; main(['worker'])"],
+        env={"JOB_TIMEOUT": "forever", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1
+    assert "JOB_TIMEOUT='forever'" in completed.stderr
+
+
+@pytest.mark.parametrize(("retries", "delay"), [(0, 2.0), (1, 4.0), (2, 8.0), (3, False)])
+def test_default_backoff_schedule(retries: int, delay: float | bool) -> None:
+    job = Job(id="j", name="n", retries=retries, max_retries=3, created_at=utc_now())
+
+    assert exponential_backoff(job) == delay
