@@ -17,7 +17,7 @@ from bananas_core import __version__
 from bananas_core.backends import create_backend
 from bananas_core.errors import BackendError, ConfigError, JobNotFound, PluginError
 from bananas_core.plugins import Plugins, load_plugins, log_plugins
-from bananas_core.settings import Settings, load_settings
+from bananas_core.settings import Settings, load_settings, redact_url
 
 logger = logging.getLogger("bananas.cli")
 
@@ -161,7 +161,7 @@ def _run_dev(settings: Settings, args: argparse.Namespace) -> int:
     worker = Worker(settings, backend, plugins)
     scheduler = Scheduler(settings, backend)
     app = create_app(settings, backend, plugins)
-    logger.info("Development mode on %s: API, worker and scheduler in one process", backend_url(settings))
+    logger.info("Development mode on %s: API, worker and scheduler in one process", redact_url(settings.REDIS_URL))
 
     async def run_all() -> None:
         async with anyio.create_task_group() as services:
@@ -185,15 +185,6 @@ def _run_dev(settings: Settings, args: argparse.Namespace) -> int:
             await run_worker_then_stop()
 
     return _run(run_all, backend.close)
-
-
-def backend_url(settings: Settings) -> str:
-    """Return REDIS_URL without its password, for logs."""
-    url = settings.REDIS_URL
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
 
 
 def _run(main: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]]) -> int:

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from bananas_core.job import Job
+
+
+class JobLogger(logging.LoggerAdapter):
+    """Logger adapter that prefixes messages with ``job ID:NAME`` and adds ``job_id`` to records."""
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, MutableMapping[str, Any]]:
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("job_id", self.extra["job_id"])  # type: ignore[index]
+        kwargs["extra"] = extra
+        return f"job {self.extra['job_id']}:{self.extra['job_name']}: {msg}", kwargs  # type: ignore[index]
+
+
+def job_logger(job: Job) -> JobLogger:
+    """Return the logger a handler gets for ``job``, named ``bananas.job.<handler name>``."""
+    return JobLogger(logging.getLogger(f"bananas.job.{job.name}"), {"job_id": job.id, "job_name": job.name})
 
 
 @dataclass(frozen=True)
@@ -13,7 +30,7 @@ class JobContext:
     """A running job as its handler sees it."""
 
     job: Job
-    logger: logging.Logger  # a logger whose records carry the job id
+    logger: logging.LoggerAdapter  # prefixes every message with the job id and handler name
 
     @property
     def job_id(self) -> str:

@@ -54,11 +54,12 @@ async def run_handler(
         raise JobTimeout(f"job {job.id} ({job.name}) exceeded its timeout of {job.timeout:g}s")
 
     try:
-        json.dumps(result)
+        # allow_nan=False: NaN and infinity are not JSON, and readers of the result would fail.
+        json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise InvalidResult(
             f"handler {job.name!r} returned {type(result).__name__}, which is not JSON "
-            f"serialisable ({error}); return a dict, list, str, number, bool or None"
+            f"serialisable ({error}); return a dict, list, str, finite number, bool or None"
         ) from error
     return result
 

@@ -20,7 +20,7 @@ class Handler:
     function: Callable[..., Any]
     plugin: str
     is_async: bool
-    takes_context: bool  # whether the function accepts a second argument, the JobContext
+    takes_context: bool  # whether the function is called with a second argument, the JobContext
 
 
 class HandlerRegistry:
@@ -61,7 +61,7 @@ class HandlerRegistry:
             function=function,
             plugin=self.current_plugin,
             is_async=_is_async(function),
-            takes_context=_positional_count(function) >= 2,
+            takes_context=_wants_context(function),
         )
 
     def get(self, name: str) -> Handler | None:
@@ -90,18 +90,25 @@ def _is_async(function: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(call)
 
 
-def _positional_count(function: Callable[..., Any]) -> int:
+def _wants_context(function: Callable[..., Any]) -> bool:
+    # A handler gets the JobContext when its second positional parameter has no default, or
+    # is named ctx or context, or is annotated JobContext. So ``def h(payload, ctx=None)``
+    # gets it, and ``def h(payload, retries=3)`` is called with the payload alone.
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
-        return 1
-    count = 0
+        return False
+    positional = []
     for parameter in signature.parameters.values():
         if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            return 2
-        if parameter.kind in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        ):
-            count += 1
-    return count
+            return True
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            positional.append(parameter)
+    if len(positional) < 2:
+        return False
+    second = positional[1]
+    return (
+        second.default is inspect.Parameter.empty
+        or second.name in ("ctx", "context")
+        or "JobContext" in str(second.annotation)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from pydantic import BeforeValidator, Field, ValidationError
@@ -73,6 +74,19 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as error:
         first = error.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "settings"
-        value = first.get("input")
+        # Show the text the user wrote, not the value after parsing (``0.0`` for ``0``).
+        value = overrides.get(name, os.environ.get(name, first.get("input")))
+        if isinstance(value, str) and "@" in value:
+            value = redact_url(value)
         accepts = _ACCEPTS.get(name, "see the configuration table in the README")
         raise ConfigError(f"invalid {name}={value!r}: expected {accepts}") from error
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its user and password replaced by ``***``, for logs and errors."""
+    if "@" not in url:
+        return url
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return "***@" + url.rsplit("@", 1)[1]
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

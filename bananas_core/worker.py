@@ -15,7 +15,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from bananas_core.backends.base import Backend
-from bananas_core.context import JobContext
+from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import BackendError, PermanentError
 from bananas_core.execution import JobTimeout, UnknownHandler, describe_error, run_handler
 from bananas_core.job import Job, JobError, now_ms
@@ -166,7 +166,7 @@ class Worker:
             "Started job %s:%s attempt %d of %d", job.id, job.name, job.attempts, job.max_retries + 1
         )
         await notify(self.plugins.manager, "bananas_job_started", job=job)
-        context = JobContext(job=job, logger=logging.getLogger(f"bananas.job.{job.name}"))
+        context = JobContext(job=job, logger=job_logger(job))
         started = anyio.current_time()
         try:
             result = await run_handler(handler, context, self._threads)

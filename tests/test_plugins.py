@@ -13,6 +13,7 @@ import pytest
 from bananas_core.errors import PluginError
 from bananas_core.job import Job, utc_now
 from bananas_core.plugins import load_plugins, log_plugins, notify
+from bananas_core.registry import HandlerRegistry
 
 
 def install_fake_distribution(root: Path, group: str, name: str, modules: dict[str, str]) -> None:
@@ -174,3 +175,19 @@ def test_retry_policy_plugin_overrides_default(tmp_path: Path, group: str) -> No
     assert custom == 42.0
     assert default == 2.0
     assert used_up is False
+
+
+def test_context_goes_to_required_second_parameter() -> None:
+    registry = HandlerRegistry()
+
+    registry.register("plain", lambda payload: payload)
+    registry.register("with_context", lambda payload, ctx: payload)
+    registry.register("with_default", lambda payload, retries=3: payload)
+    registry.register("star_args", lambda *args: args)
+    registry.register("optional_ctx", lambda payload, ctx=None: payload)
+
+    assert not registry.get("plain").takes_context
+    assert registry.get("with_context").takes_context
+    assert not registry.get("with_default").takes_context
+    assert registry.get("star_args").takes_context
+    assert registry.get("optional_ctx").takes_context

@@ -92,3 +92,13 @@ def test_default_backoff_schedule(retries: int, delay: float | bool) -> None:
     job = Job(id="j", name="n", retries=retries, max_retries=3, created_at=utc_now())
 
     assert exponential_backoff(job) == delay
+
+
+def test_invalid_url_error_hides_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://user:hunter2@cache:6379/0")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+
+    assert "hunter2" not in str(raised.value)
+    assert "***@cache:6379/0" in str(raised.value)

@@ -124,8 +124,9 @@ async def test_permanent_error_skips_retries(system: System) -> None:
     assert dead.error is not None and dead.error.type == "PermanentError"
 
 
-async def test_non_json_result_goes_dead(system: System) -> None:
-    job = await system.client.submit("not_json", {})
+@pytest.mark.parametrize("kind", ["object", "nan"])
+async def test_non_json_result_goes_dead(system: System, kind: str) -> None:
+    job = await system.client.submit("not_json", {"kind": kind})
 
     dead = await system.wait_for(job)
 

@@ -16,6 +16,7 @@ from bananas_core.backends.base import Backend, QueueCounts
 from bananas_core.backends.keys import WAKEUP_TOKENS_MAX, QueueKeys, queues_key
 from bananas_core.errors import BackendError, JobNotFound
 from bananas_core.job import Job, JobError, now_ms
+from bananas_core.settings import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class RedisBackend(Backend):
     def from_url(cls, url: str, *, prefix: str, queue: str) -> RedisBackend:
         """Connect to the Redis server at ``url`` (redis://, rediss:// or unix://)."""
         client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=15)
-        return cls(client, prefix=prefix, queue=queue, display_url=_redact(url))
+        return cls(client, prefix=prefix, queue=queue, display_url=redact_url(url))
 
     @_translate_errors
     async def enqueue(self, job: Job) -> tuple[Job, bool]:
@@ -203,10 +204,3 @@ class RedisBackend(Backend):
         except RedisError:
             logger.warning("Closing the Redis connection to %s failed; ignored", self.display_url)
 
-
-def _redact(url: str) -> str:
-    # Keep passwords out of logs and error messages.
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

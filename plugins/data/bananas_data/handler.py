@@ -1,0 +1,48 @@
+"""The ``process_data`` handler: validate a list of records and aggregate one numeric field."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from bananas_core import JobContext
+from bananas_data.aggregate import aggregate
+from bananas_data.payload import parse_payload
+from bananas_data.settings import load_data_settings
+
+logger = logging.getLogger(__name__)
+
+
+def process_data(payload: dict[str, Any], ctx: JobContext | None = None) -> dict[str, Any]:
+    """Validate the payload's records and return the statistics of its ``value`` field.
+
+    Invalid records do not fail the job: they are counted in ``invalid`` and the first 20
+    are described in ``errors``. When every record is invalid it still returns the result,
+    with ``count`` 0 and null statistics. DATA_MAX_RECORDS is read on every call.
+
+    Raises PermanentError for an invalid payload shape or setting, or when the statistics
+    exceed the float range.
+    """
+    settings = load_data_settings()
+    data = parse_payload(payload, max_records=settings.DATA_MAX_RECORDS)
+
+    result = aggregate(data.records, data.value, group_by=data.group_by, required=data.required)
+
+    job_logger = ctx.logger if ctx is not None else logger
+    job_id = ctx.job_id if ctx is not None else "-"
+    if result["count"] == 0:
+        job_logger.warning(
+            "Aggregated no records of field %s: all %d records are invalid (job %s)",
+            data.value,
+            result["invalid"],
+            job_id,
+        )
+    else:
+        job_logger.info(
+            "Aggregated %d records of field %s, %d invalid (job %s)",
+            result["count"],
+            data.value,
+            result["invalid"],
+            job_id,
+        )
+    return result

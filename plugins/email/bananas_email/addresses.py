@@ -1,0 +1,42 @@
+"""Parsing of single email addresses, with or without a display name."""
+
+from __future__ import annotations
+
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.utils import getaddresses
+
+
+def parse_address(value: object) -> Address:
+    """Parse one address such as ``ada@example.com`` or ``Ada Lovelace <ada@example.com>``.
+
+    Raises ValueError saying what is wrong: not a string, a control character (a line break
+    could inject a header), several addresses in one string, or an address that RFC 5322
+    does not allow. An Address is returned unchanged.
+    """
+    if isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        # ValueError, not TypeError, because pydantic reports only ValueError as a field error.
+        raise ValueError(f"expected a string, got {type(value).__name__}")  # noqa: TRY004
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        raise ValueError(f"{value!r} contains a line break or another control character")
+
+    parsed = getaddresses([value])
+    if len(parsed) > 1 and all(address for _, address in parsed):
+        raise ValueError(
+            f"{value!r} contains {len(parsed)} addresses: give each address as its own list item"
+        )
+    if len(parsed) != 1 or not parsed[0][1]:
+        raise ValueError(f"{value!r} is not an email address such as ada@example.com")
+
+    display_name, addr_spec = parsed[0]
+    try:
+        address = Address(display_name=display_name, addr_spec=addr_spec)
+    # The header parser raises a defect (a ValueError), HeaderParseError, or IndexError
+    # for an address that ends in '@' (seen on Python 3.11).
+    except (ValueError, HeaderParseError, IndexError):
+        raise ValueError(f"{value!r} is not an email address such as ada@example.com") from None
+    if not address.username or not address.domain:
+        raise ValueError(f"{value!r} is not an email address such as ada@example.com")
+    return address

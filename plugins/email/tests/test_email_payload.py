@@ -1,0 +1,114 @@
+"""Validation of the send_email payload: each invalid payload fails for good, naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bananas_email import parse_payload, send_email
+from bananas_email.payload import MAX_RECIPIENTS
+
+from bananas_core import PermanentError
+
+VALID = {"to": "ada@example.com", "subject": "Hi", "body": "Hello"}
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    """Return VALID with ``changes`` applied; a value of None removes the field."""
+    payload = {**VALID, **changes}
+    return {key: value for key, value in payload.items() if value is not None}
+
+
+def test_payload_single_address_becomes_list() -> None:
+    email = parse_payload(VALID)
+
+    assert [address.addr_spec for address in email.to] == ["ada@example.com"]
+    assert email.cc == []
+    assert email.reply_to == []
+    assert email.sender is None
+
+
+def test_payload_accepts_display_names() -> None:
+    email = parse_payload(
+        with_changes(
+            to=['"Lovelace, Ada" <ada@example.com>'], **{"from": "Reports <r@example.org>"}
+        )
+    )
+
+    assert str(email.to[0]) == '"Lovelace, Ada" <ada@example.com>'
+    assert email.sender is not None
+    assert email.sender.addr_spec == "r@example.org"
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (with_changes(to=None), "missing field 'to': give one address"),
+        (with_changes(subject=None), "missing field 'subject'"),
+        (with_changes(body=None), "missing field 'body'"),
+        (with_changes(to=[]), "invalid field 'to'"),
+        (with_changes(to=42), "invalid field 'to'"),
+        (with_changes(to="not-an-address"), "invalid field 'to[0]': 'not-an-address' is not"),
+        (with_changes(to=["ada@example.com", "x@"]), "invalid field 'to[1]'"),
+        (with_changes(to="a@example.com, b@example.com"), "its own list item"),
+        (with_changes(to="ada@example.com\r\nBcc: eve@example.com"), "line break"),
+        (with_changes(cc=["bad"]), "invalid field 'cc[0]'"),
+        (with_changes(reply_to=5), "invalid field 'reply_to'"),
+        (with_changes(**{"from": "nobody"}), "invalid field 'from'"),
+        (with_changes(subject=""), "invalid field 'subject'"),
+        (with_changes(subject="   "), "invalid field 'subject': contains only whitespace"),
+        (with_changes(subject="Hi\nBcc: eve@example.com"), "invalid field 'subject': contains a"),
+        (with_changes(body=["line"]), "invalid field 'body'"),
+        (with_changes(bcc="eve@example.com"), "unknown field 'bcc': remove it"),
+    ],
+)
+def test_payload_invalid_field_is_named(payload: dict[str, Any], expected: str) -> None:
+    with pytest.raises(PermanentError) as raised:
+        parse_payload(payload)
+
+    assert expected in str(raised.value)
+
+
+def test_payload_error_says_how_to_fix() -> None:
+    with pytest.raises(PermanentError) as raised:
+        parse_payload(with_changes(to="nobody"))
+
+    assert "Fix: give one address such as 'ada@example.com' or a list of them" in str(raised.value)
+
+
+def test_payload_lists_every_problem() -> None:
+    with pytest.raises(PermanentError) as raised:
+        parse_payload({"to": "bad", "body": 1})
+
+    message = str(raised.value)
+    assert "invalid field 'to[0]'" in message
+    assert "missing field 'subject'" in message
+    assert "invalid field 'body'" in message
+
+
+def test_payload_too_many_recipients() -> None:
+    to = [f"user{number}@example.com" for number in range(MAX_RECIPIENTS)]
+
+    with pytest.raises(PermanentError) as raised:
+        parse_payload(with_changes(to=to, cc="one-more@example.com"))
+
+    assert f"{MAX_RECIPIENTS + 1} different recipients" in str(raised.value)
+
+
+def test_payload_not_an_object() -> None:
+    with pytest.raises(PermanentError) as raised:
+        parse_payload(["ada@example.com"])
+
+    assert "expected a JSON object" in str(raised.value)
+
+
+def test_send_email_rejects_payload_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The payload check comes first. If the handler connected first, it would raise
+    # OSError or an SMTP error here, because nothing serves SMTP on port 1.
+    monkeypatch.setenv("SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("SMTP_PORT", "1")
+
+    with pytest.raises(PermanentError) as raised:
+        send_email(with_changes(subject=None))
+
+    assert "missing field 'subject'" in str(raised.value)
