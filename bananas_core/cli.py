@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -181,7 +182,7 @@ def _run_dev(settings: Settings, args: argparse.Namespace) -> int:
 
             services.start_soon(stop_on_signal)
             services.start_soon(scheduler.run, False)
-            services.start_soon(serve_api, app, settings, False)
+            services.start_soon(partial(serve_api, app, settings, install_signal_handlers=False))
             await run_worker_then_stop()
 
     return _run(run_all, backend.close)

@@ -63,7 +63,7 @@ class Client:
         )
         stored, created = await self.backend.enqueue(job)
         if created:
-            logger.info("Enqueued job %s:%s priority %s", job.id, job.name, job.priority.value)
+            logger.info("Enqueued job %s:%s with priority %s", job.id, job.name, job.priority.value)
             await notify(self.plugins.manager, "bananas_job_enqueued", job=stored)
         return stored
 

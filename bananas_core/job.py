@@ -142,7 +142,7 @@ def _to_ms(moment: datetime | None) -> int | None:
     return round(moment.timestamp() * 1000)
 
 
-def _from_ms(value: int | float | None) -> datetime | None:
+def _from_ms(value: float | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromtimestamp(value / 1000, tz=timezone.utc)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from datetime import timedelta
 
 import anyio
@@ -248,5 +252,39 @@ async def test_unreachable_redis_raises_backend_error() -> None:
     try:
         with pytest.raises(BackendError, match="Redis at redis://127.0.0.1:1/0 failed in ping"):
             await store.ping()
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def unix_socket_redis(tmp_path: Path) -> Iterator[str]:
+    """Start a private redis-server on a Unix socket and yield its unix:// URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    socket_path = tmp_path / "redis.sock"
+    process = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert time.monotonic() < deadline, "redis-server did not create its socket within 10s"
+            time.sleep(0.02)
+        yield f"unix://{socket_path}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_unix_socket_url_reaches_redis(unix_socket_redis: str) -> None:
+    store = RedisBackend.from_url(unix_socket_redis, prefix="bananas", queue="default")
+    try:
+        job = make_job()
+        await store.enqueue(job)
+        [leased] = await store.claim(1, "w", 30)
+        assert await store.complete(leased, "over a socket")
+        assert (await store.get_job(job.id)).result == "over a socket"
     finally:
         await store.close()

@@ -28,21 +28,19 @@ def process_data(payload: dict[str, Any], ctx: JobContext | None = None) -> dict
 
     result = aggregate(data.records, data.value, group_by=data.group_by, required=data.required)
 
+    # The context's logger already names the job; a direct call has no job to name.
     job_logger = ctx.logger if ctx is not None else logger
-    job_id = ctx.job_id if ctx is not None else "-"
     if result["count"] == 0:
         job_logger.warning(
-            "Aggregated no records of field %s: all %d records are invalid (job %s)",
+            "Aggregated no records of field %s: all %d records are invalid",
             data.value,
             result["invalid"],
-            job_id,
         )
     else:
         job_logger.info(
-            "Aggregated %d records of field %s, %d invalid (job %s)",
+            "Aggregated %d records of field %s, %d invalid",
             result["count"],
             data.value,
             result["invalid"],
-            job_id,
         )
     return result

@@ -12,6 +12,7 @@ from bananas_data import process_data
 from bananas_data.aggregate import MAX_REPORTED_ERRORS
 
 from bananas_core import Job, JobContext, PermanentError
+from bananas_core.context import job_logger
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +27,7 @@ def amounts(*values: Any) -> list[dict[str, Any]]:
 
 def make_context(job_id: str) -> JobContext:
     job = Job(id=job_id, name="process_data", created_at=datetime.now(timezone.utc), attempts=1)
-    return JobContext(job=job, logger=logging.getLogger("bananas.job.process_data"))
+    return JobContext(job=job, logger=job_logger(job))
 
 
 def test_statistics_hand_computed() -> None:
@@ -230,7 +231,7 @@ def test_logs_job_id(caplog: pytest.LogCaptureFixture) -> None:
     process_data({"records": amounts(1, "x"), "value": "amount"}, make_context("job-9"))
 
     messages = [record.getMessage() for record in caplog.records]
-    assert messages == ["Aggregated 1 records of field amount, 1 invalid (job job-9)"]
+    assert messages == ["job job-9:process_data: Aggregated 1 records of field amount, 1 invalid"]
 
 
 def test_logs_warning_when_all_invalid(caplog: pytest.LogCaptureFixture) -> None:
