@@ -52,10 +52,13 @@ class JobRequest(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"name": "email.send", "payload": {"to": "ada@example.com", "subject": "Hi"}},
                 {
-                    "name": "report.build",
-                    "payload": {"month": "2024-05"},
+                    "name": "send_email",
+                    "payload": {"to": "ada@example.com", "subject": "Hi", "body": "Hello Ada."},
+                },
+                {
+                    "name": "process_data",
+                    "payload": {"records": [{"amount": 3}, {"amount": 5}], "value": "amount"},
                     "priority": "low",
                     "delay": "10m",
                     "max_retries": 5,
