@@ -5,6 +5,7 @@
     ├── PluginError            a plugin failed to load or conflicts with another
     ├── BackendError           the backend (Redis) failed or is unreachable
     ├── JobNotFound            no job has the requested id
+    ├── JobConflict            the job's state does not allow the operation
     └── PermanentError         raised by a handler: fail the job now, without retries
 
 redis-py errors are translated into BackendError at the backend boundary, so callers
@@ -43,3 +44,14 @@ class PermanentError(BananasError):
 
     Use it for errors that another attempt cannot fix, such as an invalid payload.
     """
+
+
+class JobConflict(BananasError):
+    """Raised when a job's state does not allow the operation, such as cancelling a finished job.
+
+    ``job`` is the job as stored when the operation was rejected.
+    """
+
+    def __init__(self, message: str, job: object) -> None:
+        super().__init__(message)
+        self.job = job

@@ -12,6 +12,7 @@ import anyio
 from bananas_core.context import JobContext
 from bananas_core.errors import PermanentError
 from bananas_core.job import JobError
+from bananas_core.isolation import HandlerFailed, run_in_process
 from bananas_core.registry import Handler
 
 TRACEBACK_MAX_CHARS = 4000
@@ -36,17 +37,22 @@ async def run_handler(
     """Call ``handler`` with the job's payload and return its JSON-serialisable result.
 
     Async handlers run on the event loop and are cancelled at the timeout. Sync handlers run
-    in a worker thread from ``limiter``. Raises JobTimeout after ``job.timeout`` seconds.
+    in a worker thread from ``limiter``, and handlers registered with ``isolation="process"``
+    in a child process that is killed at the timeout. Raises JobTimeout after ``job.timeout``
+    seconds.
     """
     job = context.job
     arguments = (job.payload, context) if handler.takes_context else (job.payload,)
 
     with anyio.move_on_after(job.timeout) as scope:
-        if handler.is_async:
+        if handler.isolation == "process":
+            result = await run_in_process(handler, context)
+        elif handler.is_async:
             result = await handler.function(*arguments)
         else:
-            # NOTE: a sync handler's thread cannot be stopped. At the timeout its slot is freed
-            # and the thread is abandoned, running on until the function returns.
+            # NOTE: a thread cannot be stopped. At the timeout the slot and its limiter token are
+            # freed and the thread is abandoned, running on until the function returns; use
+            # isolation="process" for handlers that must really stop.
             result = await anyio.to_thread.run_sync(
                 partial(handler.function, *arguments), abandon_on_cancel=True, limiter=limiter
             )
@@ -66,11 +72,23 @@ async def run_handler(
 
 def describe_error(error: BaseException) -> JobError:
     """Summarise an exception as a JobError with a trimmed traceback."""
+    if isinstance(error, HandlerFailed):
+        # The error happened in a child process: keep its type and traceback, not the relay's.
+        return JobError(
+            type=error.type_name,
+            message=str(error)[:MESSAGE_MAX_CHARS],
+            traceback=_trim(error.traceback),
+        )
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    if len(text) > TRACEBACK_MAX_CHARS:
-        text = "...\n" + text[-TRACEBACK_MAX_CHARS:]
     return JobError(
         type=type(error).__name__,
         message=str(error)[:MESSAGE_MAX_CHARS],
-        traceback=text,
+        traceback=_trim(text),
     )
+
+
+def _trim(text: str) -> str:
+    # The end of a traceback names the failing line, so that is the part kept.
+    if len(text) > TRACEBACK_MAX_CHARS:
+        return "...\n" + text[-TRACEBACK_MAX_CHARS:]
+    return text

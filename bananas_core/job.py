@@ -31,6 +31,7 @@ class JobStatus(str, Enum):
     processing = "processing"  # leased by a worker and running
     completed = "completed"  # finished, with its result kept until COMPLETED_TTL
     dead = "dead"  # in the dead letter queue after its last failure
+    cancelled = "cancelled"  # cancelled before it started, or stopped on request; never runs again
 
 
 class JobError(BaseModel):
@@ -52,6 +53,7 @@ class Job(BaseModel):
     status: JobStatus = JobStatus.pending
     attempts: int = 0  # runs started, including one that is running now
     retries: int = 0  # retries scheduled after failures
+    crashes: int = 0  # runs lost because the worker died or lost its lease
     max_retries: int = 3
     timeout: float = 300.0  # seconds one run may take
     created_at: datetime
@@ -79,6 +81,7 @@ class Job(BaseModel):
             "status": self.status.value,
             "attempts": self.attempts,
             "retries": self.retries,
+            "crashes": self.crashes,
             "max_retries": self.max_retries,
             "timeout_ms": round(self.timeout * 1000),
             "created_at": _to_ms(self.created_at),
@@ -108,6 +111,7 @@ class Job(BaseModel):
             status=record["status"],
             attempts=int(record.get("attempts", 0)),
             retries=int(record.get("retries", 0)),
+            crashes=int(record.get("crashes", 0)),
             max_retries=int(record.get("max_retries", 0)),
             timeout=record.get("timeout_ms", 300_000) / 1000,
             created_at=_from_ms(record["created_at"]),

@@ -10,6 +10,7 @@ from typing import Any
 
 from bananas_core.errors import PluginError
 
+ISOLATION_MODES = ("none", "process")
 HANDLER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$")
 
 
@@ -22,6 +23,7 @@ class Handler:
     plugin: str
     is_async: bool
     takes_context: bool  # whether the function is called with a second argument, the JobContext
+    isolation: str = "none"  # "process": run in a child process that is killed at the timeout
 
 
 class HandlerRegistry:
@@ -31,11 +33,15 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = {}
         self.current_plugin = "<direct>"  # set by the plugin manager around each plugin's hook
 
-    def register(self, name: str, function: Callable[..., Any]) -> None:
+    def register(self, name: str, function: Callable[..., Any], *, isolation: str = "none") -> None:
         """Register ``function`` to run jobs named ``name``.
 
-        Raises PluginError if the name is invalid, the function is not callable, or another
-        plugin already registered the name.
+        ``isolation="process"`` runs each job in a child process that is killed at the timeout,
+        for sync handlers that could block or loop past it. Such a function must be defined at
+        module level so that the child can import it.
+
+        Raises PluginError if the name or isolation is invalid, the function is not callable
+        or importable as isolation requires, or another plugin already registered the name.
         """
         if not isinstance(name, str) or not HANDLER_NAME.match(name):
             raise PluginError(
@@ -46,6 +52,19 @@ class HandlerRegistry:
             raise PluginError(
                 f"plugin {self.current_plugin!r} registered handler {name!r} with "
                 f"{function!r}, which is not callable"
+            )
+
+        if isolation not in ISOLATION_MODES:
+            raise PluginError(
+                f"plugin {self.current_plugin!r} registered handler {name!r} with invalid "
+                f"isolation {isolation!r}: use one of {', '.join(ISOLATION_MODES)}"
+            )
+        qualname = getattr(function, "__qualname__", "<unknown>")
+        if isolation == "process" and ("<" in qualname or not getattr(function, "__module__", None)):
+            raise PluginError(
+                f"plugin {self.current_plugin!r} registered handler {name!r} with "
+                "isolation='process', so it must be a function defined at module level that a "
+                f"child process can import; got {function!r}"
             )
 
         existing = self._handlers.get(name)
@@ -63,6 +82,7 @@ class HandlerRegistry:
             plugin=self.current_plugin,
             is_async=_is_async(function),
             takes_context=_wants_context(function),
+            isolation=isolation,
         )
 
     def get(self, name: str) -> Handler | None:

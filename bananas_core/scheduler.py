@@ -75,9 +75,15 @@ class Scheduler:
             logger.info("Moved %d due jobs to their queues", promoted)
 
         while True:
-            expired = await self.backend.requeue_expired(BATCH)
-            for job_id in expired:
-                logger.warning("Returned job %s to its queue: its worker's lease expired", job_id)
+            expired = await self.backend.requeue_expired(BATCH, self.settings.POISON_THRESHOLD)
+            for job_id, outcome in expired:
+                if outcome == "dead":
+                    logger.error(
+                        "Moved job %s to the dead letter queue: its worker died running it %d times",
+                        job_id, self.settings.POISON_THRESHOLD,
+                    )
+                else:
+                    logger.warning("Returned job %s to its queue: its worker's lease expired", job_id)
             if len(expired) < BATCH:
                 break
 

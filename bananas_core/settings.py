@@ -22,6 +22,7 @@ _ACCEPTS = {
     "JOB_TIMEOUT": DURATION_HELP + ", greater than zero",
     "MAX_RETRIES": "a whole number from 0 to 100",
     "LEASE_TIMEOUT": DURATION_HELP + ", at least 1s",
+    "POISON_THRESHOLD": "a whole number from 1 to 1000",
     "SHUTDOWN_GRACE": DURATION_HELP,
     "SCHEDULER_INTERVAL": DURATION_HELP + ", greater than zero",
     "COMPLETED_TTL": DURATION_HELP,
@@ -31,7 +32,21 @@ _ACCEPTS = {
     "QUEUE": "a name of letters, digits, '-', '_' or '.'",
     "PLUGINS": "a comma-separated list of importable module names",
     "LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR",
+    "API_KEYS": (
+        "a comma-separated list of sha256:HEX or sha256:HEX:SCOPES entries, where HEX is the "
+        "64-digit SHA-256 of a key and SCOPES is read, write or read+write"
+    ),
+    "API_INSECURE": "true or false",
+    "RATE_LIMIT": "a number of requests per second per API key, 0 to turn limiting off",
+    "RATE_LIMIT_BURST": "a whole number from 1 to 100000",
+    "MAX_BATCH_JOBS": "a whole number from 1 to 10000",
+    "IDEMPOTENCY_WINDOW": DURATION_HELP + ", at least 1s",
+    "WAIT_TIMEOUT_MAX": DURATION_HELP + ", from 1s to 1h",
 }
+
+
+_API_KEY_ENTRY = r"sha256:[0-9a-fA-F]{64}(:(read|write|read\+write|write\+read))?"
+_API_KEYS_PATTERN = rf"^\s*({_API_KEY_ENTRY}\s*(,\s*{_API_KEY_ENTRY}\s*)*)?$"
 
 
 class Settings(BaseSettings):
@@ -48,6 +63,8 @@ class Settings(BaseSettings):
     # A running job's lease: the worker renews it every third of this, and the scheduler
     # returns the job to its queue when the lease runs out (the worker died).
     LEASE_TIMEOUT: Duration = Field(30.0, ge=1)
+    # Runs of one job lost to a dead worker before the job is dead-lettered as poison.
+    POISON_THRESHOLD: int = Field(3, ge=1, le=1000)
     SHUTDOWN_GRACE: Duration = 10.0
     SCHEDULER_INTERVAL: Duration = Field(1.0, gt=0)
     COMPLETED_TTL: Duration = 86400.0
@@ -57,6 +74,32 @@ class Settings(BaseSettings):
     QUEUE: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     PLUGINS: str = Field("", pattern=r"^[A-Za-z0-9_., ]*$")
     LOG_LEVEL: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Bearer keys of the API, given as hashes so the settings never contain a usable key.
+    API_KEYS: str = Field("", pattern=_API_KEYS_PATTERN)
+    # Serve the API without keys on an address other than loopback. Off, the API refuses.
+    API_INSECURE: bool = False
+    # Requests per second each API key (or client address, without keys) may make on average,
+    # and how many it may make at once after being idle.
+    RATE_LIMIT: float = Field(0.0, ge=0)
+    RATE_LIMIT_BURST: int = Field(20, ge=1, le=100_000)
+    # Jobs one POST /jobs/batch may carry; a batch is one Lua script call on Redis.
+    MAX_BATCH_JOBS: int = Field(100, ge=1, le=10_000)
+    # How long an idempotency key returns the job it first created.
+    IDEMPOTENCY_WINDOW: Duration = Field(86400.0, ge=1)
+    # Longest time one wait request may block, so a client cannot hold a connection forever.
+    WAIT_TIMEOUT_MAX: Duration = Field(60.0, ge=1, le=3600)
+
+    @property
+    def api_keys(self) -> list[tuple[str, frozenset[str]]]:
+        """The SHA-256 hex digests of the API keys in API_KEYS, each with its scopes."""
+        keys = []
+        for entry in self.API_KEYS.split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            _, digest, *scopes = entry.split(":")
+            keys.append((digest.lower(), frozenset((scopes[0] if scopes else "read+write").split("+"))))
+        return keys
 
     @property
     def plugin_modules(self) -> list[str]:
@@ -78,6 +121,9 @@ def load_settings(**overrides: object) -> Settings:
         value = overrides.get(name, os.environ.get(name, first.get("input")))
         if isinstance(value, str) and "@" in value:
             value = redact_url(value)
+        if name == "API_KEYS":
+            # A raw key pasted in place of its hash must not reach the logs.
+            value = "(hidden)"
         accepts = _ACCEPTS.get(name, "see the configuration table in the README")
         raise ConfigError(f"invalid {name}={value!r}: expected {accepts}") from error
 

@@ -41,12 +41,13 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = settings.WORKER_CONCURRENCY
         self.running: dict[str, Job] = {}
+        self._run_scopes: dict[str, anyio.CancelScope] = {}  # cancelled when a lease is lost
         self._slot_freed = anyio.Event()
         self._stopping = False
         self._fetch_scope: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
-        # Threads abandoned at a timeout keep running, so the limiter leaves room for them.
-        self._threads = anyio.CapacityLimiter(self.concurrency * 4)
+        # A thread abandoned at a timeout gives its token back, so the pool stays this size.
+        self._threads = anyio.CapacityLimiter(self.concurrency)
 
     async def run(self, handle_signals: bool = True) -> None:
         """Fetch and run jobs until ``stop()`` or SIGTERM/SIGINT, then shut down gracefully."""
@@ -139,8 +140,15 @@ class Worker:
             self._jobs_scope.cancel()
 
     async def _run_job(self, job: Job) -> None:
+        scope = self._run_scopes[job.id] = anyio.CancelScope()
         try:
-            await self._execute(job)
+            with scope:
+                await self._execute(job)
+            if scope.cancelled_caught:
+                logger.warning(
+                    "Stopped job %s:%s: its lease was lost, so another worker may run it",
+                    job.id, job.name,
+                )
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 released = await self._record(job, lambda: self.backend.release(job))
@@ -149,6 +157,7 @@ class Worker:
             raise
         finally:
             self.running.pop(job.id, None)
+            self._run_scopes.pop(job.id, None)
             self._slot_freed.set()
 
     async def _execute(self, job: Job) -> None:
@@ -274,17 +283,28 @@ class Worker:
 
     async def _renew_leases(self) -> None:
         interval = self.settings.LEASE_TIMEOUT / 3
+        failures = 0
         while True:
             await anyio.sleep(interval)
             jobs = list(self.running.values())
             try:
                 lost = await self.backend.heartbeat(jobs, self.settings.LEASE_TIMEOUT)
+                failures = 0
             except BackendError as error:
-                logger.warning("Worker %s could not renew %d leases: %s", self.id, len(jobs), error)
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    logger.warning(
+                        "Worker %s could not renew %d leases (failure %d): %s",
+                        self.id, len(jobs), failures, error,
+                    )
                 continue
             for job_id in lost:
-                # NOTE: the run goes on; its outcome is rejected by the stale token when it ends.
+                # Another worker owns the job now, and its run wins: stop ours. A sync thread
+                # cannot stop, but its outcome is rejected by the stale delivery token.
                 logger.warning("Worker %s lost the lease of job %s", self.id, job_id)
+                scope = self._run_scopes.get(job_id)
+                if scope is not None:
+                    scope.cancel()
 
     async def _backoff(self, action: str, error: BackendError, failures: int) -> None:
         delay = min(0.1 * 2 ** (failures - 1), BACKOFF_MAX)

@@ -71,7 +71,25 @@ def not_json(payload: dict[str, Any]) -> object:
     return object() if payload.get("kind") != "nan" else float("nan")
 
 
+def cpu_loop(payload: dict[str, Any]) -> None:
+    """Spin without ever yielding, as a handler stuck in a computation does."""
+    while True:
+        pass
+
+
+def isolated_echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    print("isolated handlers may print; stdout goes to the worker's stderr")
+    if payload.get("fail"):
+        raise RuntimeError(f"isolated failure in attempt {ctx.attempt}")
+    if payload.get("reject"):
+        raise PermanentError("isolated rejection")
+    return {"payload": payload, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
 @hookimpl
 def bananas_register_handlers(registry: Any) -> None:
     for handler in (echo, record, stamp, async_sleep, blocking_sleep, fail, flaky, reject, not_json):
         registry.register(handler.__name__, handler)
+    registry.register("cpu_loop", cpu_loop, isolation="process")
+    registry.register("blocking_sleep_isolated", blocking_sleep, isolation="process")
+    registry.register("isolated_echo", isolated_echo, isolation="process")

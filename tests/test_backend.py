@@ -102,11 +102,11 @@ async def test_expired_lease_is_requeued_and_fences_old_worker(backend: Backend)
     [first] = await backend.claim(1, "w1", 0.05)
     await anyio.sleep(0.1)
 
-    returned = await backend.requeue_expired(100)
+    returned = await backend.requeue_expired(100, 3)
     [second] = await backend.claim(1, "w2", 30)
     lost = await backend.heartbeat([first], 30)
 
-    assert returned == [job.id]
+    assert returned == [(job.id, "requeued")]
     assert second.token == first.token + 1
     assert second.attempts == 2
     assert lost == [job.id]
@@ -122,7 +122,7 @@ async def test_heartbeat_keeps_lease_alive(backend: Backend) -> None:
     for _ in range(3):
         await anyio.sleep(0.1)
         assert await backend.heartbeat([leased], 0.2) == []
-        assert await backend.requeue_expired(100) == []
+        assert await backend.requeue_expired(100, 3) == []
 
     assert (await backend.counts()).processing == 1
 
@@ -288,3 +288,42 @@ async def test_unix_socket_url_reaches_redis(unix_socket_redis: str) -> None:
         assert (await store.get_job(job.id)).result == "over a socket"
     finally:
         await store.close()
+
+
+async def test_job_whose_worker_dies_repeatedly_goes_dead(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    outcomes = []
+
+    for _ in range(3):
+        leased = await backend.claim(1, "w", 0.01)
+        assert [j.id for j in leased] == [job.id]
+        await anyio.sleep(0.03)
+        outcomes += await backend.requeue_expired(100, 3)
+
+    dead = await backend.get_job(job.id)
+    assert outcomes == [(job.id, "requeued"), (job.id, "requeued"), (job.id, "dead")]
+    assert dead.status is JobStatus.dead
+    assert dead.crashes == 3
+    assert dead.error is not None and dead.error.type == "PoisonJob"
+    assert (await backend.counts()).dead == 1
+
+
+@pytest.mark.redis
+async def test_corrupt_records_do_not_stall_the_queue(redis_url: str, key_prefix: str) -> None:
+    store = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
+    try:
+        good = make_job()
+        await store.client.rpush(store.keys.normal, "corrupt")
+        await store.client.hset(store.keys.jobs, "corrupt", "{not json")
+        await store.client.zadd(store.keys.scheduled, {"corrupt-scheduled": 0})
+        await store.client.hset(store.keys.jobs, "corrupt-scheduled", "[")
+        await store.enqueue(good)
+
+        promoted = await store.promote_due(100)
+        leased = await store.claim(5, "w", 30)
+    finally:
+        await store.close()
+
+    assert promoted == 1
+    assert [job.id for job in leased] == [good.id]

@@ -87,11 +87,20 @@ def test_invalid_setting_exits_2_with_one_line() -> None:
     assert "JOB_TIMEOUT='forever'" in completed.stderr
 
 
-@pytest.mark.parametrize(("retries", "delay"), [(0, 2.0), (1, 4.0), (2, 8.0), (3, False)])
-def test_default_backoff_schedule(retries: int, delay: float | bool) -> None:
+@pytest.mark.parametrize(("retries", "base"), [(0, 2.0), (1, 4.0), (2, 8.0)])
+def test_default_backoff_schedule_with_jitter(retries: int, base: float) -> None:
     job = Job(id="j", name="n", retries=retries, max_retries=3, created_at=utc_now())
 
-    assert exponential_backoff(job) == delay
+    delays = [exponential_backoff(job) for _ in range(200)]
+
+    assert all(base <= delay <= base * 1.1 for delay in delays)
+    assert len(set(delays)) > 100
+
+
+def test_default_backoff_gives_up_after_max_retries() -> None:
+    job = Job(id="j", name="n", retries=3, max_retries=3, created_at=utc_now())
+
+    assert exponential_backoff(job) is False
 
 
 def test_invalid_url_error_hides_password(monkeypatch: pytest.MonkeyPatch) -> None:

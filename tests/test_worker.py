@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -251,3 +252,62 @@ async def test_job_that_finishes_in_grace_is_completed(backend_url: str, key_pre
     finally:
         await backend.close()
     assert finished.status is JobStatus.completed
+
+
+async def test_isolated_handler_runs_in_child_process(system: System) -> None:
+    job = await system.client.submit("isolated_echo", {"x": [1, {}]})
+
+    done = await system.wait_for(job)
+
+    assert done.status is JobStatus.completed
+    assert done.result["payload"] == {"x": [1, {}]}
+    assert done.result["attempt"] == 1
+    assert done.result["pid"] != os.getpid()
+
+
+async def test_isolated_errors_keep_type_and_permanence(system: System) -> None:
+    rejected = await system.client.submit("isolated_echo", {"reject": True})
+
+    dead = await system.wait_for(rejected)
+
+    assert dead.status is JobStatus.dead
+    assert dead.attempts == 1
+    assert dead.error is not None
+    assert dead.error.type == "PermanentError"
+    assert "isolated rejection" in dead.error.message
+    assert "isolated_echo" in dead.error.traceback
+
+
+async def test_cpu_loop_is_killed_and_pool_keeps_its_size(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=2, MAX_RETRIES=0)
+    async with start_system(settings) as system:
+        stuck = [await system.client.submit(name, {"seconds": 30}, timeout=0.5)
+                 for name in ("cpu_loop", "cpu_loop", "blocking_sleep_isolated", "blocking_sleep")]
+        for job in stuck:
+            dead = await system.wait_for(job, timeout=15)
+            assert dead.error is not None and dead.error.type == "JobTimeout", dead.error
+
+        after = [await system.client.submit("async_sleep", {"seconds": 0.5}) for _ in range(2)]
+        finished = [await system.wait_for(job, timeout=5) for job in after]
+
+    # Both slots are free again: the two jobs ran side by side, not one after the other.
+    starts = sorted(job.started_at for job in finished)
+    assert (starts[1] - starts[0]).total_seconds() < 0.3
+
+
+async def test_lost_lease_stops_the_local_run(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, LEASE_TIMEOUT=1.5)
+    async with start_system(settings) as system:
+        job = await system.client.submit("async_sleep", {"seconds": 30})
+        running = await system.wait_for(job, {JobStatus.processing})
+        # Another delivery takes over the job, as after this worker's lease expired.
+        backend = system.client.backend
+        await backend.client.hset(backend.keys.leases, job.id, running.token + 1)
+
+        with anyio.fail_after(5):
+            while job.id in system.worker.running:
+                await anyio.sleep(0.05)
+
+        current = await system.client.get_job(job.id)
+    assert current.status is JobStatus.processing
+    assert current.token == running.token

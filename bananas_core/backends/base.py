@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from bananas_core.job import Job, JobError
+from bananas_core.job import Job, JobError, JobStatus
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,12 @@ class Backend(abc.ABC):
         """Move up to ``limit`` due scheduled jobs to their queues. Returns how many moved."""
 
     @abc.abstractmethod
-    async def requeue_expired(self, limit: int) -> list[str]:
-        """Return up to ``limit`` jobs with an expired lease to their queues. Returns their ids."""
+    async def requeue_expired(self, limit: int, poison_threshold: int) -> list[tuple[str, str]]:
+        """Return up to ``limit`` jobs with an expired lease to the head of their queues.
+
+        A job whose lease expired ``poison_threshold`` times goes to the dead letter queue
+        instead. Returns ``(job id, "requeued" or "dead")`` for each job handled.
+        """
 
     @abc.abstractmethod
     async def purge_finished(self, completed_ttl: float, dead_ttl: float, limit: int) -> int:
@@ -92,3 +96,135 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections."""
+
+    # Operations of the API, the client and the CLI. Methods that take a ``queue`` work on that
+    # named queue under the backend's prefix, so one API process serves every queue.
+
+    @abc.abstractmethod
+    async def submit_jobs(
+        self, jobs: list[Job], unique_keys: list[str | None], window: float
+    ) -> list[tuple[Job, bool]]:
+        """Store new jobs of one queue in one atomic step.
+
+        ``unique_keys[i]`` is job i's idempotency key or None. A job whose key was used within
+        the last ``window`` seconds is not stored. Returns, for each job, the stored job and
+        True, or the job first submitted with its key and False.
+        """
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        queue: str,
+        *,
+        status: JobStatus | None,
+        name: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> JobPage:
+        """Return up to ``limit`` jobs of ``queue`` that match the filters, in no set order.
+
+        Raises ValueError for a cursor that this method did not return.
+        """
+
+    @abc.abstractmethod
+    async def queue_names(self) -> list[str]:
+        """Return the names of the queues that have had jobs under this prefix, sorted."""
+
+    @abc.abstractmethod
+    async def queue_counts(self, queue: str) -> QueueCounts:
+        """Return the number of jobs in each place of ``queue``."""
+
+    @abc.abstractmethod
+    async def oldest_pending(self, queue: str) -> dict[str, int]:
+        """Return the creation time (ms) of the oldest pending job of each non-empty priority."""
+
+    @abc.abstractmethod
+    async def cancel_job(self, job_id: str) -> tuple[str, Job]:
+        """Cancel a pending or scheduled job, or request that a running job stops.
+
+        Returns ``("cancelled" or "requested" or "finished", job)``. Raises JobNotFound.
+        """
+
+    @abc.abstractmethod
+    async def cancel_requests(self, jobs: list[Job]) -> list[str]:
+        """Return the ids of the given running jobs whose cancellation was requested."""
+
+    @abc.abstractmethod
+    async def cancel_requested_at(self, job: Job) -> int | None:
+        """Return when (ms) cancellation of a running job was requested, or None."""
+
+    @abc.abstractmethod
+    async def finish_cancelled(self, job: Job) -> bool:
+        """Record that a worker stopped a running job on request. False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def purge_cancelled(self, cancelled_ttl: float, limit: int) -> int:
+        """Delete cancelled jobs of this queue older than ``cancelled_ttl``. Returns how many."""
+
+    @abc.abstractmethod
+    async def retry_dead(self, job_id: str) -> Job:
+        """Move one dead job back to its queue. Raises JobNotFound or JobConflict."""
+
+    @abc.abstractmethod
+    async def sweep_dead(self, queue: str, action: str, name: str | None) -> int:
+        """Requeue (``action="requeue"``) or delete every dead job of ``queue``, optionally only
+        those of handler ``name``. Returns how many changed."""
+
+    @abc.abstractmethod
+    async def wait_for_job(self, job_id: str, timeout: float) -> Job:
+        """Block until the job is completed, dead or cancelled, or ``timeout`` seconds pass.
+
+        Returns the job as stored at that moment. Raises JobNotFound.
+        """
+
+    @abc.abstractmethod
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Store or refresh a worker's registration; it disappears ``ttl`` seconds after the last."""
+
+    @abc.abstractmethod
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's registration, at a clean shutdown."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Return the workers whose registration has not expired, most recent heartbeat first."""
+
+    @abc.abstractmethod
+    async def record_job(
+        self, job: Job, outcome: str, run_seconds: float | None, wait_seconds: float | None
+    ) -> None:
+        """Add one run's outcome, run time and queue wait time to the shared job counters."""
+
+    @abc.abstractmethod
+    async def job_metrics(self) -> dict[str, float]:
+        """Return the shared job counters as stored, field name to value."""
+
+    @abc.abstractmethod
+    async def rate_limit(self, client_id: str, rate: float, burst: int) -> float:
+        """Admit one request of ``client_id`` or not. Returns 0, or the seconds until admission."""
+
+
+# Types of the operations that the API, the client and the CLI use.
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job listing, and the cursor of the next page (None after the last)."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker reports about itself at every registration heartbeat."""
+
+    id: str
+    queue: str
+    handlers: list[str]
+    concurrency: int
+    running: int  # jobs running at the time of the heartbeat
+    host: str
+    pid: int
+    started_at: int  # ms since the epoch
+    heartbeat_at: int  # ms since the epoch, set by register_worker

@@ -87,3 +87,68 @@ class QueueKeys:
 def queues_key(prefix: str) -> str:
     """Return the key of the set of queue names in use, read by lookups across queues."""
     return f"{prefix}:queues"
+
+
+# Keys of one queue that the API's control operations add. They share the queue's hash tag,
+# so the scripts that cancel, retry or submit touch one cluster slot.
+
+
+def cancelled_key(prefix: str, queue: str) -> str:
+    """Return the sorted set of cancelled job ids scored by cancel time (ms), for retention."""
+    return f"{QueueKeys(prefix, queue).base}:cancelled"
+
+
+def cancel_requests_key(prefix: str, queue: str) -> str:
+    """Return the hash of running job id to the time (ms) a caller asked to cancel it.
+
+    The worker reads it to stop a running job; an entry outlives the job only until the job
+    finishes or is purged.
+    """
+    return f"{QueueKeys(prefix, queue).base}:cancel_requests"
+
+
+def idempotency_key(prefix: str, queue: str, unique_key: str) -> str:
+    """Return the string key that maps a submission's idempotency key to its job id.
+
+    It expires after IDEMPOTENCY_WINDOW, so a repeated submission inside the window returns
+    the first job and one after it creates a new job.
+    """
+    return f"{QueueKeys(prefix, queue).base}:idempotency:{unique_key}"
+
+
+def finished_channel(prefix: str, queue: str) -> str:
+    """Return the pub/sub channel that carries the id of each job that reached a final state.
+
+    The API's wait endpoint listens on it. Channels are not keys, so scripts may publish to it
+    without listing it in KEYS.
+    """
+    return f"{QueueKeys(prefix, queue).base}:finished"
+
+
+# Keys shared by every queue under a prefix. Their hash tag starts with "@", which queue
+# names cannot contain, so they never collide with the keys of a queue.
+
+
+def workers_key(prefix: str) -> str:
+    """Return the sorted set of worker ids scored by their last heartbeat (ms)."""
+    return f"{prefix}:{{@workers}}:ids"
+
+
+def worker_info_key(prefix: str, worker_id: str) -> str:
+    """Return the string key holding one worker's JSON description; it expires with its TTL."""
+    return f"{prefix}:{{@workers}}:info:{worker_id}"
+
+
+def job_metrics_key(prefix: str) -> str:
+    """Return the hash of job counters that workers increment and GET /metrics exports.
+
+    Fields are ``outcome|QUEUE|NAME|OUTCOME`` for finished runs, and for the run and wait time
+    histograms ``run|QUEUE|NAME|LE``, ``run_sum|QUEUE|NAME`` and ``run_count|QUEUE|NAME``
+    (``wait`` likewise), where LE is a bucket's upper bound in seconds or ``+Inf``.
+    """
+    return f"{prefix}:{{@metrics}}:jobs"
+
+
+def rate_limit_key(prefix: str, client_id: str) -> str:
+    """Return the string key holding one API client's GCRA theoretical arrival time (ms)."""
+    return f"{prefix}:{{@ratelimit}}:{client_id}"

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+SOCKET_TIMEOUT = 10.0  # seconds to connect or to wait for a reply before a command fails
+
 
 def _translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     # Callers catch BackendError whatever went wrong inside redis-py.
@@ -70,7 +72,19 @@ class RedisBackend(Backend):
     @classmethod
     def from_url(cls, url: str, *, prefix: str, queue: str) -> RedisBackend:
         """Connect to the Redis server at ``url`` (redis://, rediss:// or unix://)."""
-        client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=15)
+        # Timeouts turn a network cut, where no error ever arrives, into a BackendError that
+        # the services retry with backoff. Blocking waits use shorter timeouts than these.
+        options: dict[str, Any] = {}
+        if not url.startswith("unix://"):
+            options["socket_keepalive"] = True  # Unix socket connections reject this option
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=15,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+            **options,
+        )
         return cls(client, prefix=prefix, queue=queue, display_url=redact_url(url))
 
     @_translate_errors
@@ -155,12 +169,13 @@ class RedisBackend(Backend):
         ))
 
     @_translate_errors
-    async def requeue_expired(self, limit: int) -> list[str]:
+    async def requeue_expired(self, limit: int, poison_threshold: int) -> list[tuple[str, str]]:
         k = self.keys
-        return list(await self._scripts["requeue_expired"](
-            keys=[k.processing, k.leases, *k.priority_lists, k.jobs, k.wakeup],
-            args=[now_ms(), limit, WAKEUP_TOKENS_MAX],
-        ))
+        flat = await self._scripts["requeue_expired"](
+            keys=[k.processing, k.leases, *k.priority_lists, k.jobs, k.wakeup, k.dead],
+            args=[now_ms(), limit, WAKEUP_TOKENS_MAX, poison_threshold],
+        )
+        return list(zip(flat[::2], flat[1::2]))
 
     @_translate_errors
     async def purge_finished(self, completed_ttl: float, dead_ttl: float, limit: int) -> int:

@@ -18,9 +18,10 @@ for i = 1, 3 do
   if ids then
     for _, id in ipairs(ids) do
       local raw = redis.call('HGET', KEYS[6], id)
-      -- A list entry without a record was purged or cancelled: skip it.
-      if raw then
-        local job = cjson.decode(raw)
+      -- A list entry without a record was purged or cancelled, and a corrupt record cannot run:
+      -- skip both rather than fail every claim.
+      local ok, job = pcall(cjson.decode, raw or '')
+      if ok then
         job.status = 'processing'
         job.attempts = (job.attempts or 0) + 1
         job.token = (job.token or 0) + 1

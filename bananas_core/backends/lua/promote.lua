@@ -8,8 +8,9 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local raw = redis.call('HGET', KEYS[5], id)
-  if raw then
-    local job = cjson.decode(raw)
+  -- A missing or corrupt record is dropped from the set, so it cannot stall every tick.
+  local ok, job = pcall(cjson.decode, raw or '')
+  if ok then
     job.status = 'pending'
     job.run_at = nil
     redis.call('HSET', KEYS[5], id, cjson.encode(job))

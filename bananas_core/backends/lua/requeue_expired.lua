@@ -1,25 +1,54 @@
 -- Return running jobs whose lease ran out (their worker died) to the head of their priority list.
--- KEYS: processing, leases, high, normal, low, jobs, wakeup
--- ARGV: now ms, max jobs, wakeup token limit
--- Returns the ids returned.
+-- A job whose worker died while running it POISON_THRESHOLD times goes to the dead letter queue
+-- instead, so that a job that kills its worker cannot kill workers forever.
+-- KEYS: processing, leases, high, normal, low, jobs, wakeup, dead
+-- ARGV: now ms, max jobs, wakeup token limit, poison threshold
+-- Returns the ids handled as a flat list of pairs: id, 'requeued' or 'dead'.
 local lists = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local now = tonumber(ARGV[1])
+local threshold = tonumber(ARGV[4])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local handled = {}
+local requeued = 0
 
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   local raw = redis.call('HGET', KEYS[6], id)
-  if raw then
-    local job = cjson.decode(raw)
-    job.status = 'pending'
+  local ok, job = pcall(cjson.decode, raw or '')
+  if not ok then
+    -- A missing or corrupt record cannot run: keep the id in the dead letter queue for inspection.
+    redis.call('ZADD', KEYS[8], now, id)
+    handled[#handled + 1] = id
+    handled[#handled + 1] = 'dead'
+  else
+    job.crashes = (job.crashes or 0) + 1
     job.worker = nil
+    if job.crashes >= threshold then
+      job.status = 'dead'
+      job.finished_at = now
+      job.error = cjson.encode({
+        type = 'PoisonJob',
+        message = 'the worker running this job died or lost its lease ' .. job.crashes ..
+          ' times; it was moved to the dead letter queue so it cannot stop more workers',
+        traceback = '',
+      })
+      redis.call('ZADD', KEYS[8], now, id)
+      handled[#handled + 1] = id
+      handled[#handled + 1] = 'dead'
+    else
+      job.status = 'pending'
+      redis.call('LPUSH', lists[job.priority] or KEYS[4], id)
+      requeued = requeued + 1
+      handled[#handled + 1] = id
+      handled[#handled + 1] = 'requeued'
+    end
     redis.call('HSET', KEYS[6], id, cjson.encode(job))
-    redis.call('LPUSH', lists[job.priority] or KEYS[4], id)
   end
 end
 
-if #ids > 0 then
+if requeued > 0 then
   redis.call('RPUSH', KEYS[7], '1')
   redis.call('LTRIM', KEYS[7], -tonumber(ARGV[3]), -1)
 end
-return ids
+return handled

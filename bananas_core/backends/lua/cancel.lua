@@ -1,0 +1,39 @@
+-- Cancel a job that has not started, or ask for a running job to be stopped. Claims run as
+-- scripts too, so a job cancelled here can never be leased afterwards.
+-- KEYS: jobs, high, normal, low, scheduled, cancelled, cancel requests
+-- ARGV: job id, now ms, finished channel
+-- Returns a pair: the outcome and the job's record ('' when missing). The outcome is
+-- 'cancelled' (pending or scheduled job, now cancelled), 'requested' (running job, flag stored),
+-- 'finished' (completed, dead or already cancelled: nothing changes) or 'missing'.
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then
+  return { 'missing', '' }
+end
+
+local ok, job = pcall(cjson.decode, raw)
+if not ok then
+  return { 'missing', '' }
+end
+
+local now = tonumber(ARGV[2])
+if job.status == 'pending' then
+  local lists = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
+  redis.call('LREM', lists[job.priority] or KEYS[3], 0, ARGV[1])
+elseif job.status == 'scheduled' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+elseif job.status == 'processing' then
+  -- The first request's time is kept, so repeated requests do not move it.
+  redis.call('HSETNX', KEYS[7], ARGV[1], now)
+  return { 'requested', raw }
+else
+  return { 'finished', raw }
+end
+
+job.status = 'cancelled'
+job.finished_at = now
+job.run_at = nil
+raw = cjson.encode(job)
+redis.call('HSET', KEYS[1], ARGV[1], raw)
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return { 'cancelled', raw }

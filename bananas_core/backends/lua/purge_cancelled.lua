@@ -1,0 +1,20 @@
+-- Delete cancelled jobs older than their retention, and cancellation requests left behind by
+-- jobs that finished without stopping.
+-- KEYS: cancelled, jobs, cancel requests, processing
+-- ARGV: cancelled before ms, max jobs
+-- Returns the number of jobs deleted.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+
+-- The hash holds one entry per running job asked to stop, so it stays small.
+local requests = redis.call('HKEYS', KEYS[3])
+for _, id in ipairs(requests) do
+  if redis.call('ZSCORE', KEYS[4], id) == false then
+    redis.call('HDEL', KEYS[3], id)
+  end
+end
+return #ids

@@ -1,0 +1,55 @@
+-- Store a batch of new jobs in one atomic step, honouring idempotency keys: all of the batch is
+-- stored or, when the script cannot run, none of it.
+-- KEYS: jobs, high, normal, low, scheduled, wakeup, then one idempotency key per job that has one
+-- ARGV: idempotency window ms, wakeup token limit, job count, then 5 values per job:
+--       id, record JSON, run_at ms (0: run now), index in KEYS of its priority list,
+--       index in KEYS of its idempotency key (0: none)
+-- Returns one pair per job, in order: the stored record and 1, or the record of the job that
+-- already has this idempotency key (or id) and 0.
+local window = tonumber(ARGV[1])
+local count = tonumber(ARGV[3])
+local results = {}
+local queued = false
+
+for i = 0, count - 1 do
+  local base = 4 + i * 5
+  local id = ARGV[base]
+  local record = ARGV[base + 1]
+  local run_at = tonumber(ARGV[base + 2])
+  local list = KEYS[tonumber(ARGV[base + 3])]
+  local unique = tonumber(ARGV[base + 4])
+
+  local existing = nil
+  if unique > 0 then
+    local first_id = redis.call('GET', KEYS[unique])
+    -- The first job may have been purged while its key lived on: then this one is new.
+    if first_id then
+      existing = redis.call('HGET', KEYS[1], first_id)
+    end
+  end
+  if not existing then
+    existing = redis.call('HGET', KEYS[1], id)
+  end
+
+  if existing then
+    results[#results + 1] = { existing, 0 }
+  else
+    redis.call('HSET', KEYS[1], id, record)
+    if run_at > 0 then
+      redis.call('ZADD', KEYS[5], run_at, id)
+    else
+      redis.call('RPUSH', list, id)
+      queued = true
+    end
+    if unique > 0 then
+      redis.call('SET', KEYS[unique], id, 'PX', window)
+    end
+    results[#results + 1] = { record, 1 }
+  end
+end
+
+if queued then
+  redis.call('RPUSH', KEYS[6], '1')
+  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
+end
+return results
