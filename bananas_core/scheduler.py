@@ -16,7 +16,6 @@ from bananas_core.settings import Settings
 logger = logging.getLogger(__name__)
 
 BATCH = 1000  # jobs moved per script call; each call keeps Redis busy for a bounded time
-PURGE_EVERY = 60.0  # seconds between deletions of completed and dead jobs past retention
 BACKOFF_MAX = 10.0
 
 
@@ -28,7 +27,6 @@ class Scheduler:
         self.backend = backend
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._stopped = anyio.Event()
-        self._last_purge = 0.0
 
     async def run(self, handle_signals: bool = True) -> None:
         """Tick until ``stop()`` or SIGTERM/SIGINT."""
@@ -87,14 +85,12 @@ class Scheduler:
             if len(expired) < BATCH:
                 break
 
-        now = anyio.current_time()
-        if now - self._last_purge >= PURGE_EVERY:
-            self._last_purge = now
-            purged = await self.backend.purge_finished(
-                self.settings.COMPLETED_TTL, self.settings.DEAD_TTL, BATCH
-            )
-            if purged:
-                logger.info("Deleted %d completed and dead jobs past their retention", purged)
+        # Retention is checked every tick: one range query per set, which usually finds nothing.
+        purged = await self.backend.purge_finished(
+            self.settings.COMPLETED_TTL, self.settings.DEAD_TTL, BATCH
+        )
+        if purged:
+            logger.info("Deleted %d completed and dead jobs past their retention", purged)
         return promoted
 
     async def _watch_signals(self) -> None:

@@ -5,19 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.test_e2e import free_port
+from tests.services import BANANAS, free_port
 
 pytestmark = pytest.mark.e2e
-
-BANANAS = str(Path(sys.executable).parent / "bananas")
-
 
 def test_dev_runs_a_plugin_job_without_redis(tmp_path: Path) -> None:
     port = free_port()
