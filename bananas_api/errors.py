@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bananas_api.request_id import current_request_id
-from bananas_core.errors import BackendError, JobNotFound
+from bananas_core.errors import BackendError, JobConflict, JobNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,26 @@ class ErrorResponse(BaseModel):
     """The body of every error response."""
 
     error: ErrorInfo
+
+
+class ApiError(Exception):
+    """Raised by an endpoint or dependency to send an error response in the one shape."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: list[ErrorDetail] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = headers
+        self.details = details
 
 
 class UnknownHandler(Exception):
@@ -94,6 +114,8 @@ def install_error_handlers(app: FastAPI, accepted_fields: list[str]) -> None:
     app.add_exception_handler(JobNotFound, job_not_found_response)  # type: ignore[arg-type]
     app.add_exception_handler(UnknownHandler, unknown_handler_response)  # type: ignore[arg-type]
     app.add_exception_handler(BackendError, backend_error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, api_error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(JobConflict, job_conflict_response)  # type: ignore[arg-type]
 
 
 def validation_error_response(
@@ -240,3 +262,15 @@ def _code_from_status(status_code: int) -> str:
     except ValueError:
         return "http_error"
     return "_".join(phrase.lower().replace("-", " ").split())
+
+
+def api_error_response(request: Request, error: ApiError) -> JSONResponse:
+    """Build the response of an ApiError raised by an endpoint or dependency."""
+    return error_response(
+        error.status_code, error.code, error.message, details=error.details, headers=error.headers
+    )
+
+
+def job_conflict_response(request: Request, error: JobConflict) -> JSONResponse:
+    """Build the 409 response for an operation that the job's state does not allow."""
+    return error_response(409, "conflict", f"{str(error).capitalize()}.")

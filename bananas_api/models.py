@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from bananas_core.backends.base import QueueCounts
+from bananas_core.backends.base import QueueCounts, WorkerInfo
 from bananas_core.durations import DURATION_HELP, parse_duration
-from bananas_core.job import Job, JobError, JobStatus, Priority
+from bananas_core.job import Job, JobError, JobStatus, Priority, utc_now
 
 # A delay past this is almost surely a unit mistake, and a much larger one overflows datetime.
 MAX_DELAY_SECONDS = 366 * 86400.0
+
+# The rules of bananas_core.client, as JSON schema patterns.
+QUEUE_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+UNIQUE_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 _DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
 
@@ -64,6 +68,14 @@ class JobRequest(BaseModel):
                     "max_retries": 5,
                     "timeout": "2m",
                 },
+                {
+                    "name": "send_email",
+                    "payload": {"to": "ada@example.com", "subject": "Invoice", "body": "Attached."},
+                    "queue": "email",
+                    "priority": "high",
+                    "run_at": "2030-01-01T09:00:00Z",
+                    "unique_key": "invoice-2030-01-ada",
+                },
             ]
         },
     )
@@ -95,6 +107,131 @@ class JobRequest(BaseModel):
         None,
         description=f"Time one run may take: {DURATION_HELP}. Defaults to the JOB_TIMEOUT setting.",
     )
+    queue: str | None = Field(
+        None,
+        pattern=QUEUE_PATTERN,
+        description="Named queue, served by the workers started with that QUEUE. Defaults to QUEUE.",
+    )
+    run_at: datetime | None = Field(
+        None,
+        description="Time the job may run, ISO 8601; without a time zone it is UTC. "
+        "Instead of delay. A time in the past runs the job now.",
+    )
+    unique_key: str | None = Field(
+        None,
+        pattern=UNIQUE_KEY_PATTERN,
+        description="Idempotency key: a repeat with the same key within IDEMPOTENCY_WINDOW "
+        "returns the first job instead of creating one. The Idempotency-Key header sets it too.",
+    )
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> JobRequest:
+        if self.run_at is not None and self.delay:
+            raise ValueError("Set delay or run_at, not both.")
+        if self.run_at is not None:
+            run_at = self.run_at if self.run_at.tzinfo else self.run_at.replace(tzinfo=timezone.utc)
+            if (run_at - utc_now()).total_seconds() > MAX_DELAY_SECONDS:
+                raise ValueError(
+                    f"run_at {self.run_at.isoformat()} is more than {MAX_DELAY_SECONDS / 86400:g} "
+                    "days ahead; pick an earlier time."
+                )
+        return self
+
+
+class BatchRequest(BaseModel):
+    """Jobs to enqueue together: all are stored, or none is."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "jobs": [
+                        {"name": "send_email", "payload": {"to": "ada@example.com", "subject": "Hi", "body": "Hello."}},
+                        {"name": "send_email", "payload": {"to": "alan@example.com", "subject": "Hi", "body": "Hello."}, "unique_key": "welcome-alan"},
+                    ]
+                }
+            ]
+        },
+    )
+
+    jobs: list[JobRequest] = Field(
+        min_length=1,
+        description="The jobs, at most MAX_BATCH_JOBS, all in the same queue.",
+    )
+
+
+class SubmittedJob(BaseModel):
+    """One job of a batch, and whether the batch created it."""
+
+    created: bool = Field(description="False when an idempotency key returned an earlier job.")
+    job: JobResponse
+
+
+class BatchResponse(BaseModel):
+    """The jobs of a batch, in the order of the request."""
+
+    jobs: list[SubmittedJob]
+
+
+class JobListResponse(BaseModel):
+    """One page of jobs, in no set order, and the cursor of the next page."""
+
+    jobs: list[JobResponse]
+    next_cursor: str | None = Field(
+        description="Pass as cursor to get the next page; null after the last page."
+    )
+
+
+class CancelResponse(BaseModel):
+    """The result of a cancellation."""
+
+    outcome: Literal["cancelled", "requested"] = Field(
+        description="cancelled: the job will never run. requested: the job is running, and its "
+        "worker was asked to stop it."
+    )
+    job: JobResponse
+
+
+class CountResponse(BaseModel):
+    """How many jobs an operation on the dead letter queue changed."""
+
+    count: int
+
+
+class WorkerResponse(BaseModel):
+    """A worker with a live registration."""
+
+    id: str
+    queue: str
+    handlers: list[str]
+    concurrency: int
+    running: int = Field(description="Jobs running at the last heartbeat.")
+    host: str
+    pid: int
+    started_at: datetime
+    last_heartbeat: datetime
+
+    @classmethod
+    def from_info(cls, info: WorkerInfo) -> WorkerResponse:
+        """Build the response body of one worker registration."""
+        return cls(
+            id=info.id,
+            queue=info.queue,
+            handlers=info.handlers,
+            concurrency=info.concurrency,
+            running=info.running,
+            host=info.host,
+            pid=info.pid,
+            started_at=datetime.fromtimestamp(info.started_at / 1000, timezone.utc),
+            last_heartbeat=datetime.fromtimestamp(info.heartbeat_at / 1000, timezone.utc),
+        )
+
+
+class WorkersResponse(BaseModel):
+    """The workers with a live registration, most recent heartbeat first."""
+
+    workers: list[WorkerResponse]
 
 
 class JobResponse(BaseModel):
@@ -116,6 +253,9 @@ class JobResponse(BaseModel):
     error: JobError | None = Field(description="The last error a run raised.")
     result: Any = Field(description="The handler's return value once the job completed.")
     payload: dict[str, Any]
+    cancel_requested_at: datetime | None = Field(
+        None, description="When cancellation of this running job was requested."
+    )
 
     @classmethod
     def from_job(cls, job: Job) -> JobResponse:
@@ -134,6 +274,7 @@ class QueueLengths(BaseModel):
     processing: int = Field(description="Jobs leased by a worker and running.")
     completed: int = Field(description="Completed jobs kept until COMPLETED_TTL.")
     dead: int = Field(description="Jobs in the dead letter queue.")
+    cancelled: int = Field(0, description="Cancelled jobs kept until COMPLETED_TTL.")
 
     @classmethod
     def from_counts(cls, counts: QueueCounts) -> QueueLengths:
@@ -147,11 +288,12 @@ class QueueLengths(BaseModel):
             processing=counts.processing,
             completed=counts.completed,
             dead=counts.dead,
+            cancelled=counts.cancelled,
         )
 
 
 class QueuesResponse(BaseModel):
-    """Lengths of the queues this API serves."""
+    """Lengths of every queue in use, and of the API's QUEUE even when empty."""
 
     queues: list[QueueLengths]
 

@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 from fastapi import FastAPI
 
 from bananas_api.app import create_app
+from bananas_api.auth import check_exposure, is_loopback
 from bananas_core.backends import create_backend
 from bananas_core.plugins import load_plugins, log_plugins
 from bananas_core.settings import Settings
@@ -74,8 +75,16 @@ async def serve_api(
 
     Reports the base URL through ``task_status``, so ``await task_group.start(...)`` returns
     once the server accepts connections. Raises OSError naming the address and the setting
-    when the address cannot be bound.
+    when the address cannot be bound, and ConfigError when API_HOST is not a loopback address
+    while API_KEYS is empty and API_INSECURE is off.
     """
+    check_exposure(settings)
+    if not settings.api_keys and not is_loopback(settings.API_HOST):
+        logger.warning(
+            "API on %s serves without API keys because API_INSECURE is set: anyone who reaches "
+            "it can submit and cancel jobs",
+            settings.API_HOST,
+        )
     config = uvicorn.Config(
         app,
         log_config=None,  # the application that embeds bananas configures logging

@@ -1,22 +1,68 @@
-"""A Python client for submitting and reading jobs straight through the backend."""
+"""Python clients that submit, read and control jobs straight through the backend, without HTTP.
+
+``Client`` is async; ``SyncClient`` runs the same operations from synchronous code.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any, TypeVar
+
+from anyio.from_thread import start_blocking_portal
 
 from bananas_core.backends import create_backend
-from bananas_core.backends.base import Backend, QueueCounts
+from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
 from bananas_core.errors import BananasError
-from bananas_core.job import Job, Priority, new_job
+from bananas_core.job import Job, JobStatus, Priority, new_job, now_ms
 from bananas_core.plugins import Plugins, load_plugins, notify
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# The same rule as the QUEUE setting, so any queue a client names can be served by a worker.
+QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Idempotency keys become part of a Redis key name, so they are visible ASCII without spaces.
+UNIQUE_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_LIST_LIMIT = 1000
+
+
+@dataclass
+class JobSpec:
+    """One job to submit: the handler name, its payload and how it runs.
+
+    ``delay`` (seconds) and ``run_at`` are alternatives. ``unique_key`` makes the submission
+    idempotent for IDEMPOTENCY_WINDOW: a repeat returns the first job instead of a new one.
+    Unset options take the defaults of the settings.
+    """
+
+    name: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    priority: Priority | str = Priority.normal
+    delay: float = 0.0
+    run_at: datetime | None = None
+    max_retries: int | None = None
+    timeout: float | None = None
+    unique_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted job, and whether this submission created it (False: an idempotent repeat)."""
+
+    job: Job
+    created: bool
+
 
 class Client:
-    """Submits and reads jobs on the backend of ``settings.REDIS_URL``, without HTTP.
+    """Submits, reads and controls jobs on the backend of ``settings.REDIS_URL``, without HTTP.
 
     Use it as ``async with Client(settings) as client:`` so its connections are closed.
     """
@@ -39,38 +85,261 @@ class Client:
         name: str,
         payload: dict[str, Any] | None = None,
         *,
+        queue: str | None = None,
         priority: Priority | str = Priority.normal,
         delay: float = 0.0,
+        run_at: datetime | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        unique_key: str | None = None,
     ) -> Job:
-        """Enqueue a job for handler ``name`` and return it as stored."""
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, dict):
-            raise BananasError(
-                f"invalid payload {payload!r}: expected a JSON object (a dict), "
-                f"not {type(payload).__name__}"
-            )
-        job = new_job(
+        """Enqueue a job for handler ``name`` and return it as stored.
+
+        With ``unique_key``, a repeat within IDEMPOTENCY_WINDOW returns the first job.
+        """
+        spec = JobSpec(
             name,
-            payload,
-            queue=self.settings.QUEUE,
+            {} if payload is None else payload,
+            queue=queue,
             priority=priority,
             delay=delay,
-            max_retries=self.settings.MAX_RETRIES if max_retries is None else max_retries,
-            timeout=self.settings.JOB_TIMEOUT if timeout is None else timeout,
+            run_at=run_at,
+            max_retries=max_retries,
+            timeout=timeout,
+            unique_key=unique_key,
         )
-        stored, created = await self.backend.enqueue(job)
-        if created:
-            logger.info("Enqueued job %s:%s with priority %s", job.id, job.name, job.priority.value)
-            await notify(self.plugins.manager, "bananas_job_enqueued", job=stored)
-        return stored
+        return (await self.submit_batch([spec]))[0].job
+
+    async def submit_batch(self, specs: list[JobSpec]) -> list[Submission]:
+        """Enqueue jobs of one queue all at once: all are stored, or none is.
+
+        Raises BananasError naming the first invalid job, before anything is stored.
+        """
+        if not specs:
+            return []
+        if len(specs) > self.settings.MAX_BATCH_JOBS:
+            raise BananasError(
+                f"invalid batch of {len(specs)} jobs: at most MAX_BATCH_JOBS="
+                f"{self.settings.MAX_BATCH_JOBS} jobs fit in one batch; split it"
+            )
+        jobs = [self._build_job(index, spec) for index, spec in enumerate(specs)]
+        queues = sorted({job.queue for job in jobs})
+        if len(queues) > 1:
+            raise BananasError(
+                f"invalid batch: its jobs name the queues {', '.join(queues)}, but one batch is "
+                "stored atomically in one queue; send one batch per queue"
+            )
+
+        stored = await self.backend.submit_jobs(
+            jobs, [spec.unique_key for spec in specs], self.settings.IDEMPOTENCY_WINDOW
+        )
+        submissions = []
+        for job, created in stored:
+            if created:
+                logger.info(
+                    "Enqueued job %s:%s with priority %s", job.id, job.name, job.priority.value
+                )
+                await notify(self.plugins.manager, "bananas_job_enqueued", job=job)
+            else:
+                logger.info("Returned existing job %s:%s for a repeated submission", job.id, job.name)
+            submissions.append(Submission(job, created))
+        return submissions
+
+    def _build_job(self, index: int, spec: JobSpec) -> Job:
+        where = f"job {index}" if index else "job"
+        if not isinstance(spec.payload, dict):
+            raise BananasError(
+                f"invalid payload of {where} {spec.payload!r}: expected a JSON object (a dict), "
+                f"not {type(spec.payload).__name__}"
+            )
+        queue = spec.queue or self.settings.QUEUE
+        if not QUEUE_PATTERN.match(queue):
+            raise BananasError(
+                f"invalid queue of {where} {queue!r}: expected 1 to 64 letters, digits, "
+                "'-', '_' or '.'"
+            )
+        if spec.unique_key is not None and not UNIQUE_KEY_PATTERN.match(spec.unique_key):
+            raise BananasError(
+                f"invalid unique key of {where} {spec.unique_key!r}: expected 1 to 255 visible "
+                "ASCII characters without spaces"
+            )
+        delay = spec.delay
+        if spec.run_at is not None:
+            if spec.delay:
+                raise BananasError(f"invalid {where}: set delay or run_at, not both")
+            run_at = spec.run_at if spec.run_at.tzinfo else spec.run_at.replace(tzinfo=timezone.utc)
+            delay = max(run_at.timestamp() * 1000 - now_ms(), 0) / 1000
+        return new_job(
+            spec.name,
+            spec.payload,
+            queue=queue,
+            priority=spec.priority,
+            delay=delay,
+            max_retries=self.settings.MAX_RETRIES if spec.max_retries is None else spec.max_retries,
+            timeout=self.settings.JOB_TIMEOUT if spec.timeout is None else spec.timeout,
+        )
 
     async def get_job(self, job_id: str) -> Job:
         """Return the job with this id. Raises JobNotFound."""
         return await self.backend.get_job(job_id)
 
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        status: JobStatus | str | None = None,
+        name: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> JobPage:
+        """Return one page of the jobs of ``queue`` (default QUEUE) that match the filters.
+
+        Pass the page's ``next_cursor`` to get the next one. Raises BananasError for an invalid
+        cursor or limit.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise BananasError(f"invalid limit {limit}: expected 1 to {MAX_LIST_LIMIT}")
+        try:
+            return await self.backend.list_jobs(
+                queue or self.settings.QUEUE,
+                status=None if status is None else JobStatus(status),
+                name=name,
+                cursor=cursor,
+                limit=limit,
+            )
+        except ValueError as error:
+            raise BananasError(str(error)) from error
+
     async def counts(self) -> QueueCounts:
         """Return the number of jobs in each place of the configured queue."""
         return await self.backend.counts()
+
+    async def all_counts(self) -> list[QueueCounts]:
+        """Return the counts of every queue in use, and of the configured one even when empty."""
+        names = set(await self.backend.queue_names()) | {self.settings.QUEUE}
+        return [await self.backend.queue_counts(queue) for queue in sorted(names)]
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Return the live workers, most recent heartbeat first."""
+        return await self.backend.list_workers()
+
+    async def cancel(self, job_id: str) -> tuple[str, Job]:
+        """Cancel a pending or scheduled job, or request that a running one stops.
+
+        Returns ``("cancelled" or "requested" or "finished", job)``: "finished" means the
+        job had already completed, died or been cancelled, and nothing changed.
+        Raises JobNotFound.
+        """
+        outcome, job = await self.backend.cancel_job(job_id)
+        if outcome == "cancelled":
+            logger.info("Cancelled job %s:%s", job.id, job.name)
+        elif outcome == "requested":
+            logger.info("Requested cancellation of running job %s:%s", job.id, job.name)
+        return outcome, job
+
+    async def cancel_requested_at(self, job: Job) -> datetime | None:
+        """Return when cancellation of a running job was requested, or None."""
+        if job.status != JobStatus.processing:
+            return None
+        requested = await self.backend.cancel_requested_at(job)
+        return None if requested is None else datetime.fromtimestamp(requested / 1000, timezone.utc)
+
+    async def retry_dead(self, job_id: str) -> Job:
+        """Move a dead job back to its queue with fresh retries. Raises JobNotFound or JobConflict."""
+        job = await self.backend.retry_dead(job_id)
+        logger.info("Returned dead job %s:%s to queue %s", job.id, job.name, job.queue)
+        return job
+
+    async def requeue_dead(self, *, queue: str | None = None, name: str | None = None) -> int:
+        """Move every dead job of ``queue`` (only handler ``name``'s, if given) back. Returns how many."""
+        queue = queue or self.settings.QUEUE
+        moved = await self.backend.sweep_dead(queue, "requeue", name)
+        logger.info("Requeued %d dead jobs of queue %s (name filter: %s)", moved, queue, name or "none")
+        return moved
+
+    async def purge_dead(self, *, queue: str | None = None, name: str | None = None) -> int:
+        """Delete every dead job of ``queue`` (only handler ``name``'s, if given). Returns how many."""
+        queue = queue or self.settings.QUEUE
+        deleted = await self.backend.sweep_dead(queue, "delete", name)
+        logger.info("Deleted %d dead jobs of queue %s (name filter: %s)", deleted, queue, name or "none")
+        return deleted
+
+    async def wait(self, job_id: str, timeout: float) -> Job:
+        """Wait up to ``timeout`` seconds for the job to complete, die or be cancelled.
+
+        Returns the job as stored then; check its status. Raises JobNotFound.
+        """
+        return await self.backend.wait_for_job(job_id, timeout)
+
+
+class SyncClient:
+    """``Client`` for synchronous code: each method blocks until the operation is done.
+
+    It runs an event loop in a background thread. Use it as ``with SyncClient(settings) as
+    client:`` or call ``close()``.
+    """
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self._portal_manager = start_blocking_portal()
+        self._portal = self._portal_manager.__enter__()
+        self._client = Client(settings, **options)
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the backend's connections and stop the background event loop."""
+        try:
+            self._portal.call(self._client.backend.close)
+        finally:
+            self._portal_manager.__exit__(None, None, None)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._portal.call(partial(method, *args, **kwargs))
+
+    def submit(self, name: str, payload: dict[str, Any] | None = None, **options: Any) -> Job:
+        """Enqueue a job; the options are those of ``Client.submit``."""
+        return self._call(self._client.submit, name, payload, **options)
+
+    def submit_batch(self, specs: list[JobSpec]) -> list[Submission]:
+        """Enqueue jobs of one queue all at once, as ``Client.submit_batch``."""
+        return self._call(self._client.submit_batch, specs)
+
+    def get_job(self, job_id: str) -> Job:
+        """Return the job with this id. Raises JobNotFound."""
+        return self._call(self._client.get_job, job_id)
+
+    def list_jobs(self, **filters: Any) -> JobPage:
+        """Return one page of jobs; the filters are those of ``Client.list_jobs``."""
+        return self._call(self._client.list_jobs, **filters)
+
+    def all_counts(self) -> list[QueueCounts]:
+        """Return the counts of every queue in use."""
+        return self._call(self._client.all_counts)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Return the live workers."""
+        return self._call(self._client.workers)
+
+    def cancel(self, job_id: str) -> tuple[str, Job]:
+        """Cancel a job, as ``Client.cancel``."""
+        return self._call(self._client.cancel, job_id)
+
+    def retry_dead(self, job_id: str) -> Job:
+        """Move a dead job back to its queue."""
+        return self._call(self._client.retry_dead, job_id)
+
+    def requeue_dead(self, **filters: Any) -> int:
+        """Move every dead job back, as ``Client.requeue_dead``."""
+        return self._call(self._client.requeue_dead, **filters)
+
+    def purge_dead(self, **filters: Any) -> int:
+        """Delete every dead job, as ``Client.purge_dead``."""
+        return self._call(self._client.purge_dead, **filters)
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Wait for the job to finish, as ``Client.wait``."""
+        return self._call(self._client.wait, job_id, timeout)

@@ -36,14 +36,23 @@ class Services:
         self.http = httpx.Client(base_url=self.base_url, timeout=10)
         self.redis = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
 
-    def start(self, service: str, **extra_env: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{service}.log", "ab")
+    def start(self, service: str, name: str | None = None, **extra_env: str) -> subprocess.Popen[bytes]:
+        """Start ``bananas SERVICE`` as a process known as ``name`` (default: the service)."""
+        name = name or service
+        log = open(self.log_dir / f"{name}.log", "ab")
         process = subprocess.Popen(
             [BANANAS, service], env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
         log.close()
-        self.processes[service] = process
+        self.processes[name] = process
         return process
+
+    def kill(self, name: str) -> int:
+        """Send SIGKILL to the process ``name``, as a crash or the OOM killer would. Returns its pid."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+        return process.pid
 
     def wait_until_api_answers(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

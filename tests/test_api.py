@@ -260,11 +260,14 @@ async def test_post_missing_name_is_rejected(client: httpx.AsyncClient) -> None:
 
 
 async def test_post_extra_field_is_rejected(client: httpx.AsyncClient) -> None:
-    response = await client.post("/jobs", json={"name": "echo", "queue": "other"})
+    response = await client.post("/jobs", json={"name": "echo", "colour": "red"})
 
     error = assert_error(response, 422, "invalid_request")
-    assert error["message"].startswith("queue: Unknown field.")
-    assert "name, payload, priority, delay, max_retries, timeout" in error["message"]
+    assert error["message"].startswith("colour: Unknown field.")
+    assert (
+        "name, payload, priority, delay, max_retries, timeout, queue, run_at, unique_key"
+        in error["message"]
+    )
 
 
 async def test_post_lists_every_invalid_field(client: httpx.AsyncClient) -> None:
@@ -361,7 +364,7 @@ async def test_get_job_returns_stored_job(client: httpx.AsyncClient) -> None:
     assert set(body) == {
         "id", "name", "queue", "priority", "status", "attempts", "retries", "max_retries",
         "timeout", "created_at", "started_at", "finished_at", "run_at", "error", "result",
-        "payload",
+        "payload", "cancel_requested_at",
     }
 
 
@@ -394,6 +397,7 @@ async def test_queues_counts_jobs_by_priority(client: httpx.AsyncClient) -> None
                 "processing": 0,
                 "completed": 0,
                 "dead": 0,
+                "cancelled": 0,
             }
         ]
     }

@@ -24,6 +24,7 @@ class QueueCounts:
     processing: int
     completed: int
     dead: int
+    cancelled: int = 0  # filled by queue_counts; counts() predates the cancelled status
 
 
 class Backend(abc.ABC):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -9,13 +10,27 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
 
+import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bananas_core.backends.base import Backend, QueueCounts
-from bananas_core.backends.keys import WAKEUP_TOKENS_MAX, QueueKeys, queues_key
-from bananas_core.errors import BackendError, JobNotFound
-from bananas_core.job import Job, JobError, now_ms
+from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
+from bananas_core.backends.keys import (
+    WAKEUP_TOKENS_MAX,
+    QueueKeys,
+    cancel_requests_key,
+    cancelled_key,
+    finished_channel,
+    idempotency_key,
+    job_metrics_key,
+    queues_key,
+    rate_limit_key,
+    worker_info_key,
+    workers_key,
+)
+from bananas_core.errors import BackendError, JobConflict, JobNotFound
+from bananas_core.job import Job, JobError, JobStatus, now_ms
+from bananas_core.metrics import RUN_SECONDS_BUCKETS, WAIT_SECONDS_BUCKETS, histogram_fields
 from bananas_core.settings import redact_url
 
 logger = logging.getLogger(__name__)
@@ -219,3 +234,314 @@ class RedisBackend(Backend):
         except RedisError:
             logger.warning("Closing the Redis connection to %s failed; ignored", self.display_url)
 
+
+    # Operations of the API, the client and the CLI.
+
+    def _extra_script(self, name: str) -> Any:
+        # Registered on first use, so the constructor stays as the worker's code has it.
+        scripts: dict[str, Any] = self.__dict__.setdefault("_extra_scripts", {})
+        if name not in scripts:
+            scripts[name] = self.client.register_script(_load_script(name))
+        return scripts[name]
+
+    async def _remember_queue(self, queue: str) -> None:
+        known: set[str] = self.__dict__.setdefault("_known_queues", set())
+        if queue not in known:
+            await self.client.sadd(queues_key(self.prefix), queue)
+            known.add(queue)
+
+    @_translate_errors
+    async def submit_jobs(
+        self, jobs: list[Job], unique_keys: list[str | None], window: float
+    ) -> list[tuple[Job, bool]]:
+        if not jobs:
+            return []
+        queue = jobs[0].queue
+        if any(job.queue != queue for job in jobs):
+            raise ValueError("every job of one batch must name the same queue")
+        await self._remember_queue(queue)
+
+        k = QueueKeys(self.prefix, queue)
+        keys = [k.jobs, k.high, k.normal, k.low, k.scheduled, k.wakeup]
+        list_index = {"high": 2, "normal": 3, "low": 4}
+        args: list[object] = [round(window * 1000), WAKEUP_TOKENS_MAX, len(jobs)]
+        for job, unique_key in zip(jobs, unique_keys):
+            unique_index = 0
+            if unique_key is not None:
+                keys.append(idempotency_key(self.prefix, queue, unique_key))
+                unique_index = len(keys)
+            run_at = 0 if job.run_at is None else round(job.run_at.timestamp() * 1000)
+            args += [job.id, job.to_record(), run_at, list_index[job.priority.value], unique_index]
+
+        results = await self._extra_script("submit")(keys=keys, args=args)
+        return [(Job.from_record(record), bool(created)) for record, created in results]
+
+    @_translate_errors
+    async def list_jobs(
+        self,
+        queue: str,
+        *,
+        status: JobStatus | None,
+        name: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> JobPage:
+        # The cursor is Redis's HSCAN cursor and how many entries of the batch it returns were
+        # already listed, because one HSCAN batch can hold more jobs than one page.
+        scan_cursor, skip = _decode_cursor(cursor)
+        jobs_key = QueueKeys(self.prefix, queue).jobs
+        found: list[Job] = []
+        # Scanning stops after this many entries even when the page is not full, so a filter
+        # that matches little cannot make one request read the whole hash.
+        budget = max(limit * 10, 1000)
+        while True:
+            next_cursor, batch = await self.client.hscan(jobs_key, scan_cursor, count=max(limit, 100))
+            entries = list(batch.items())
+            for index in range(skip, len(entries)):
+                job = _decode_job(entries[index][1])
+                if job is None or (status is not None and job.status != status):
+                    continue
+                if name is not None and job.name != name:
+                    continue
+                found.append(job)
+                if len(found) == limit:
+                    if index + 1 < len(entries):
+                        return JobPage(found, _encode_cursor(scan_cursor, index + 1))
+                    return JobPage(found, None if next_cursor == 0 else _encode_cursor(next_cursor, 0))
+            budget -= len(entries)
+            if next_cursor == 0:
+                return JobPage(found, None)
+            scan_cursor, skip = next_cursor, 0
+            if budget <= 0:
+                return JobPage(found, _encode_cursor(scan_cursor, 0))
+
+    @_translate_errors
+    async def queue_names(self) -> list[str]:
+        return sorted(await self.client.smembers(queues_key(self.prefix)))
+
+    @_translate_errors
+    async def queue_counts(self, queue: str) -> QueueCounts:
+        k = QueueKeys(self.prefix, queue)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.llen(k.high).llen(k.normal).llen(k.low)
+            pipe.zcard(k.scheduled).zcard(k.processing).zcard(k.completed).zcard(k.dead)
+            pipe.zcard(cancelled_key(self.prefix, queue))
+            values = await pipe.execute()
+        return QueueCounts(queue, *values)
+
+    @_translate_errors
+    async def oldest_pending(self, queue: str) -> dict[str, int]:
+        k = QueueKeys(self.prefix, queue)
+        oldest: dict[str, int] = {}
+        for priority, list_key in zip(("high", "normal", "low"), k.priority_lists):
+            # The head is the oldest entry: enqueues append, and only returned jobs go to the head.
+            head = await self.client.lindex(list_key, 0)
+            record = None if head is None else await self.client.hget(k.jobs, head)
+            job = None if record is None else _decode_job(record)
+            if job is not None:
+                oldest[priority] = round(job.created_at.timestamp() * 1000)
+        return oldest
+
+    @_translate_errors
+    async def cancel_job(self, job_id: str) -> tuple[str, Job]:
+        job = await self.get_job(job_id)
+        k = QueueKeys(self.prefix, job.queue)
+        outcome, record = await self._extra_script("cancel")(
+            keys=[k.jobs, k.high, k.normal, k.low, k.scheduled,
+                  cancelled_key(self.prefix, job.queue), cancel_requests_key(self.prefix, job.queue)],
+            args=[job_id, now_ms(), finished_channel(self.prefix, job.queue)],
+        )
+        if outcome == "missing":
+            raise JobNotFound(job_id)
+        return outcome, Job.from_record(record)
+
+    @_translate_errors
+    async def cancel_requests(self, jobs: list[Job]) -> list[str]:
+        requested = []
+        for job in jobs:
+            if await self.client.hexists(cancel_requests_key(self.prefix, job.queue), job.id):
+                requested.append(job.id)
+        return requested
+
+    @_translate_errors
+    async def cancel_requested_at(self, job: Job) -> int | None:
+        value = await self.client.hget(cancel_requests_key(self.prefix, job.queue), job.id)
+        return None if value is None else int(value)
+
+    @_translate_errors
+    async def finish_cancelled(self, job: Job) -> bool:
+        k = QueueKeys(self.prefix, job.queue)
+        done = await self._extra_script("finish_cancelled")(
+            keys=[k.processing, k.leases, k.jobs, cancelled_key(self.prefix, job.queue),
+                  cancel_requests_key(self.prefix, job.queue)],
+            args=[job.id, job.token, now_ms(), finished_channel(self.prefix, job.queue)],
+        )
+        return bool(done)
+
+    @_translate_errors
+    async def purge_cancelled(self, cancelled_ttl: float, limit: int) -> int:
+        return int(await self._extra_script("purge_cancelled")(
+            keys=[cancelled_key(self.prefix, self.queue), self.keys.jobs,
+                  cancel_requests_key(self.prefix, self.queue), self.keys.processing],
+            args=[now_ms() - round(cancelled_ttl * 1000), limit],
+        ))
+
+    @_translate_errors
+    async def retry_dead(self, job_id: str) -> Job:
+        job = await self.get_job(job_id)
+        k = QueueKeys(self.prefix, job.queue)
+        record = await self._extra_script("retry_dead")(
+            keys=[k.jobs, k.dead, k.high, k.normal, k.low, k.wakeup],
+            args=[job_id, WAKEUP_TOKENS_MAX],
+        )
+        if not record:
+            current = await self.get_job(job_id)
+            raise JobConflict(
+                f"job {job_id!r} is {current.status.value}, not dead, so it cannot be retried",
+                current,
+            )
+        return Job.from_record(record)
+
+    @_translate_errors
+    async def sweep_dead(self, queue: str, action: str, name: str | None) -> int:
+        if action not in ("requeue", "delete"):
+            raise ValueError(f"invalid action {action!r}: expected 'requeue' or 'delete'")
+        k = QueueKeys(self.prefix, queue)
+        script = self._extra_script("sweep_dead")
+        changed = offset = 0
+        while True:
+            # Each call reads a bounded window, so Redis is never blocked for long.
+            done, skipped, read = await script(
+                keys=[k.jobs, k.dead, k.high, k.normal, k.low, k.wakeup],
+                args=[action, name or "", offset, SWEEP_BATCH, WAKEUP_TOKENS_MAX],
+            )
+            changed += done
+            offset += skipped
+            if read < SWEEP_BATCH:
+                return changed
+
+    @_translate_errors
+    async def wait_for_job(self, job_id: str, timeout: float) -> Job:
+        job = await self.get_job(job_id)
+        if job.status in FINAL_STATUSES or timeout <= 0:
+            return job
+
+        deadline = anyio.current_time() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(finished_channel(self.prefix, job.queue))
+            # Read again after subscribing: a job that finished in between sent its message
+            # before anyone listened.
+            job = await self.get_job(job_id)
+            while job.status not in FINAL_STATUSES:
+                left = deadline - anyio.current_time()
+                if left <= 0:
+                    return job
+                message = await pubsub.get_message(timeout=min(left, WAIT_RECHECK_SECONDS))
+                if message is None or message.get("data") == job_id:
+                    job = await self.get_job(job_id)
+            return job
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()
+
+    @_translate_errors
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        now = now_ms()
+        record = json.dumps({**dataclasses.asdict(info), "heartbeat_at": now})
+        ttl_ms = max(round(ttl * 1000), 1)
+        # Both keys share the {@workers} hash tag, so the transaction is valid on a cluster too.
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(worker_info_key(self.prefix, info.id), record, px=ttl_ms)
+            pipe.zadd(workers_key(self.prefix), {info.id: now})
+            pipe.zremrangebyscore(workers_key(self.prefix), "-inf", now - WORKER_INDEX_RETENTION_MS)
+            await pipe.execute()
+
+    @_translate_errors
+    async def deregister_worker(self, worker_id: str) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(worker_info_key(self.prefix, worker_id))
+            pipe.zrem(workers_key(self.prefix), worker_id)
+            await pipe.execute()
+
+    @_translate_errors
+    async def list_workers(self) -> list[WorkerInfo]:
+        ids = await self.client.zrevrange(workers_key(self.prefix), 0, -1)
+        if not ids:
+            return []
+        records = await self.client.mget([worker_info_key(self.prefix, worker_id) for worker_id in ids])
+        workers = []
+        for record in records:
+            # A registration whose TTL ran out is gone; its id leaves the index later.
+            if record is not None:
+                values = json.loads(record)
+                workers.append(WorkerInfo(**{field.name: values.get(field.name) for field in dataclasses.fields(WorkerInfo)}))
+        return workers
+
+    @_translate_errors
+    async def record_job(
+        self, job: Job, outcome: str, run_seconds: float | None, wait_seconds: float | None
+    ) -> None:
+        key = job_metrics_key(self.prefix)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, f"outcome|{job.queue}|{job.name}|{outcome}", 1)
+            for kind, seconds, buckets in (
+                ("run", run_seconds, RUN_SECONDS_BUCKETS),
+                ("wait", wait_seconds, WAIT_SECONDS_BUCKETS),
+            ):
+                if seconds is None:
+                    continue
+                for field in histogram_fields(kind, job.queue, job.name, seconds, buckets):
+                    pipe.hincrby(key, field, 1)
+                pipe.hincrbyfloat(key, f"{kind}_sum|{job.queue}|{job.name}", seconds)
+            await pipe.execute()
+
+    @_translate_errors
+    async def job_metrics(self) -> dict[str, float]:
+        values = await self.client.hgetall(job_metrics_key(self.prefix))
+        return {field: float(value) for field, value in values.items()}
+
+    @_translate_errors
+    async def rate_limit(self, client_id: str, rate: float, burst: int) -> float:
+        admitted, wait_ms = await self._extra_script("rate_limit")(
+            keys=[rate_limit_key(self.prefix, client_id)],
+            args=[now_ms(), 1000.0 / rate, burst],
+        )
+        return 0.0 if admitted else wait_ms / 1000
+
+
+# Statuses after which a job never changes again, so a waiting caller can stop.
+FINAL_STATUSES = frozenset({JobStatus.completed, JobStatus.dead, JobStatus.cancelled})
+
+# A waiting request reads its job at least this often, because pub/sub drops messages sent
+# while a subscriber reconnects.
+# NOTE: complete.lua and fail.lua do not publish to the finished channel yet, so until they
+# do a wait for a completed or dead job ends at one of these reads, up to 1 s late.
+WAIT_RECHECK_SECONDS = 1.0
+
+SWEEP_BATCH = 500  # dead jobs one sweep_dead script call reads
+# Worker ids stay in the index this long after their last heartbeat; their info key has
+# long expired by then, so listings skip them.
+WORKER_INDEX_RETENTION_MS = 86_400_000
+
+
+def _encode_cursor(scan_cursor: int, skip: int) -> str:
+    return f"{scan_cursor}-{skip}"
+
+
+def _decode_cursor(cursor: str | None) -> tuple[int, int]:
+    if not cursor:
+        return 0, 0
+    scan_cursor, separator, skip = cursor.partition("-")
+    if not separator or not scan_cursor.isdigit() or not skip.isdigit():
+        raise ValueError(f"invalid cursor {cursor!r}: pass the next_cursor of the previous page")
+    return int(scan_cursor), int(skip)
+
+
+def _decode_job(record: str) -> Job | None:
+    # A corrupt record is skipped rather than failing the whole listing.
+    try:
+        return Job.from_record(record)
+    except (ValueError, KeyError, TypeError):
+        logger.warning("Skipped a job record that cannot be decoded: %.80s", record)
+        return None
