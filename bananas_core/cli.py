@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
@@ -16,16 +19,26 @@ import anyio
 
 from bananas_core import __version__
 from bananas_core.backends import create_backend
-from bananas_core.errors import BackendError, ConfigError, JobNotFound, PluginError
+from bananas_core.errors import (
+    BackendError,
+    BananasError,
+    ConfigError,
+    JobConflict,
+    JobNotFound,
+    PluginError,
+)
+from bananas_core.job import JobStatus
 from bananas_core.plugins import Plugins, load_plugins, log_plugins
 from bananas_core.settings import Settings, load_settings, redact_url
 
 logger = logging.getLogger("bananas.cli")
 
+EXIT_FAILURE = 1  # the service could not start, for example its port is taken
 EXIT_USAGE = 2  # invalid arguments or settings, as argparse uses
 EXIT_PLUGIN = 3  # a plugin failed to load or conflicts with another
 EXIT_NOT_FOUND = 4  # no job has the requested id
 EXIT_BACKEND = 5  # the backend (Redis) is unreachable
+EXIT_CONFLICT = 6  # the job's state does not allow the operation, such as cancelling a finished job
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +78,17 @@ def main(argv: list[str] | None = None) -> None:
     except BackendError as error:
         print(f"bananas: {error}", file=sys.stderr)
         sys.exit(EXIT_BACKEND)
+    except JobConflict as error:
+        print(f"bananas: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFLICT)
+    except BananasError as error:
+        # The client's own checks of names, queues and options: a usage error.
+        print(f"bananas: {error}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except OSError as error:
+        # For example the API port is taken: one line, not a traceback.
+        print(f"bananas: {error}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--payload", default="{}", help="payload as a JSON object (default {})")
     enqueue.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
     enqueue.add_argument("--delay", type=float, default=0.0, help="seconds before the job is due")
+    enqueue.add_argument("--queue", help="named queue (default: the QUEUE setting)")
+    enqueue.add_argument("--run-at", type=_parse_time, help="ISO 8601 time the job is due, instead of --delay")
+    enqueue.add_argument("--max-retries", type=int, help="retries after failed runs (default MAX_RETRIES)")
+    enqueue.add_argument("--timeout", type=float, help="seconds one run may take (default JOB_TIMEOUT)")
+    enqueue.add_argument(
+        "--unique-key", help="idempotency key: a repeat within IDEMPOTENCY_WINDOW returns the first job"
+    )
     enqueue.add_argument("--json", action="store_true", help="print the whole job as JSON")
     enqueue.set_defaults(handler=_enqueue)
 
@@ -111,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list installed plugins and their handlers")
     plugins.add_argument("--json", action="store_true", help="print as JSON")
     plugins.set_defaults(handler=_plugins)
+    _add_job_commands(commands)
     return parser
 
 
@@ -141,7 +173,7 @@ def _run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
     plugins = _start(settings)
     backend = create_backend(plugins.manager, settings)
-    return _run(lambda: Scheduler(settings, backend).run(), backend.close)
+    return _run(lambda: Scheduler(settings, backend, plugins).run(), backend.close)
 
 
 def _run_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -160,7 +192,7 @@ def _run_dev(settings: Settings, args: argparse.Namespace) -> int:
     plugins = _start(settings)
     backend = create_backend(plugins.manager, settings)
     worker = Worker(settings, backend, plugins)
-    scheduler = Scheduler(settings, backend)
+    scheduler = Scheduler(settings, backend, plugins)
     app = create_app(settings, backend, plugins)
     logger.info("Development mode on %s: API, worker and scheduler in one process", redact_url(settings.REDIS_URL))
 
@@ -197,7 +229,20 @@ def _run(main: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None
                 await close()
 
     anyio.run(run_and_close)
+    _exit_without_abandoned_threads()
     return 0
+
+
+def _exit_without_abandoned_threads() -> None:
+    # Threads of sync handlers abandoned at their timeout may still run. Their jobs are
+    # already recorded, and Python would wait for them at exit, so a stopped service exits now.
+    abandoned = [thread for thread in threading.enumerate() if thread is not threading.main_thread() and thread.is_alive()]
+    if abandoned:
+        logger.warning("Exiting with %d abandoned handler threads still running", len(abandoned))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
@@ -220,7 +265,17 @@ def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
                     f"unknown handler {args.name!r}: installed handlers are {installed}; "
                     "install the plugin that provides it"
                 )
-            job = await client.submit(args.name, payload, priority=args.priority, delay=args.delay)
+            job = await client.submit(
+                args.name,
+                payload,
+                queue=args.queue,
+                priority=args.priority,
+                delay=args.delay,
+                run_at=args.run_at,
+                max_retries=args.max_retries,
+                timeout=args.timeout,
+                unique_key=args.unique_key,
+            )
             print(job.model_dump_json(indent=2) if args.json else job.id)
 
     anyio.run(submit)
@@ -260,3 +315,165 @@ def _plugins(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  handlers: {', '.join(info.handlers) or 'none'}")
         print(f"  hooks:    {', '.join(info.hooks) or 'none'}")
     return 0
+
+
+# Commands that read and control jobs through bananas_core.client.Client.
+
+
+def _add_job_commands(commands: Any) -> None:
+    json_help = "print the result as JSON"
+
+    listing = commands.add_parser("list", help="list jobs of a queue, one page at a time")
+    listing.add_argument("--queue", help="queue to list (default: the QUEUE setting)")
+    listing.add_argument("--status", choices=[status.value for status in JobStatus])
+    listing.add_argument("--name", help="only jobs of this handler name")
+    listing.add_argument("--cursor", help="next_cursor printed by the previous page")
+    listing.add_argument("--limit", type=int, default=100, help="jobs per page, 1 to 1000 (default 100)")
+    listing.add_argument("--json", action="store_true", help=json_help)
+    listing.set_defaults(handler=_list)
+
+    queues = commands.add_parser("queues", help="count the jobs in each place of every queue")
+    queues.add_argument("--json", action="store_true", help=json_help)
+    queues.set_defaults(handler=_queues)
+
+    workers = commands.add_parser("workers", help="list live workers")
+    workers.add_argument("--json", action="store_true", help=json_help)
+    workers.set_defaults(handler=_workers)
+
+    cancel = commands.add_parser("cancel", help="cancel a queued job, or ask a running one to stop")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--json", action="store_true", help=json_help)
+    cancel.set_defaults(handler=_cancel)
+
+    wait = commands.add_parser("wait", help="wait until a job is completed, dead or cancelled")
+    wait.add_argument("job_id")
+    wait.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    wait.add_argument("--json", action="store_true", help=json_help)
+    wait.set_defaults(handler=_wait)
+
+    dead = commands.add_parser("dead", help="retry, requeue or purge dead jobs")
+    actions = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
+    retry = actions.add_parser("retry", help="move one dead job back to its queue")
+    retry.add_argument("job_id")
+    retry.add_argument("--json", action="store_true", help=json_help)
+    retry.set_defaults(handler=_dead_retry)
+    for action, help_text in (
+        ("requeue", "move every dead job of a queue back to it"),
+        ("purge", "delete every dead job of a queue"),
+    ):
+        sweep = actions.add_parser(action, help=help_text)
+        sweep.add_argument("--queue", help="queue (default: the QUEUE setting)")
+        sweep.add_argument("--name", help="only jobs of this handler name")
+        sweep.add_argument("--json", action="store_true", help=json_help)
+        sweep.set_defaults(handler=_dead_sweep)
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: expected ISO 8601 such as 2030-01-01T09:00:00Z"
+        ) from error
+
+
+def _with_client(settings: Settings, operation: Callable[[Any], Awaitable[None]]) -> int:
+    from bananas_core.client import Client
+
+    async def run() -> None:
+        async with Client(settings) as client:
+            await operation(client)
+
+    anyio.run(run)
+    return 0
+
+
+def _job_json(job: Any) -> str:
+    return str(job.model_dump_json(indent=2, exclude={"token", "worker"}))
+
+
+def _list(settings: Settings, args: argparse.Namespace) -> int:
+    async def show(client: Any) -> None:
+        page = await client.list_jobs(
+            queue=args.queue, status=args.status, name=args.name, cursor=args.cursor, limit=args.limit
+        )
+        if args.json:
+            jobs = [job.model_dump(mode="json", exclude={"token", "worker"}) for job in page.jobs]
+            print(json.dumps({"jobs": jobs, "next_cursor": page.next_cursor}, indent=2))
+            return
+        for job in page.jobs:
+            print(f"{job.id}  {job.status.value:<10}  {job.priority.value:<6}  {job.name}")
+        if page.next_cursor:
+            print(f"next page: --cursor {page.next_cursor}")
+
+    return _with_client(settings, show)
+
+
+def _queues(settings: Settings, args: argparse.Namespace) -> int:
+    async def show(client: Any) -> None:
+        counts = await client.all_counts()
+        if args.json:
+            print(json.dumps([dataclasses.asdict(each) for each in counts], indent=2))
+            return
+        print(f"{'queue':<20} {'high':>6} {'normal':>6} {'low':>6} {'sched':>6} {'run':>6} {'done':>6} {'dead':>6} {'cancel':>6}")
+        for c in counts:
+            print(f"{c.queue:<20} {c.high:>6} {c.normal:>6} {c.low:>6} {c.scheduled:>6} "
+                  f"{c.processing:>6} {c.completed:>6} {c.dead:>6} {c.cancelled:>6}")
+
+    return _with_client(settings, show)
+
+
+def _workers(settings: Settings, args: argparse.Namespace) -> int:
+    async def show(client: Any) -> None:
+        workers = await client.workers()
+        if args.json:
+            print(json.dumps([dataclasses.asdict(info) for info in workers], indent=2))
+            return
+        for info in workers:
+            seen = datetime.fromtimestamp(info.heartbeat_at / 1000, timezone.utc).isoformat()
+            print(f"{info.id}  queue {info.queue}  running {info.running}/{info.concurrency}  "
+                  f"last heartbeat {seen}  handlers: {', '.join(info.handlers)}")
+
+    return _with_client(settings, show)
+
+
+def _cancel(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(client: Any) -> None:
+        outcome, job = await client.cancel(args.job_id)
+        if outcome == "finished":
+            raise JobConflict(f"job {job.id!r} is already {job.status.value}; nothing to cancel", job)
+        if args.json:
+            print(json.dumps({"outcome": outcome, "job": json.loads(_job_json(job))}, indent=2))
+        elif outcome == "cancelled":
+            print(f"cancelled {job.id}")
+        else:
+            print(f"requested cancellation of running job {job.id}")
+
+    return _with_client(settings, run)
+
+
+def _wait(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(client: Any) -> None:
+        job = await client.wait(args.job_id, args.timeout)
+        print(_job_json(job) if args.json else job.status.value)
+
+    return _with_client(settings, run)
+
+
+def _dead_retry(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(client: Any) -> None:
+        job = await client.retry_dead(args.job_id)
+        print(_job_json(job) if args.json else f"requeued {job.id}")
+
+    return _with_client(settings, run)
+
+
+def _dead_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    async def run(client: Any) -> None:
+        if args.action == "requeue":
+            count = await client.requeue_dead(queue=args.queue, name=args.name)
+        else:
+            count = await client.purge_dead(queue=args.queue, name=args.name)
+        print(json.dumps({"count": count}) if args.json else f"{args.action}d {count} dead jobs")
+
+    return _with_client(settings, run)

@@ -69,9 +69,9 @@ class Job(BaseModel):
         """Encode the job as the JSON record the backend stores.
 
         Lua scripts decode and re-encode records with cjson, which keeps 14 significant
-        digits of a number and turns an empty object into an empty array. So timestamps are
-        integer milliseconds, and payload, result and error are nested JSON strings that Lua
-        never parses.
+        digits of a number and cannot tell an empty object from an empty array. So timestamps
+        are integer milliseconds, and payload, result and error are nested JSON strings that
+        Lua never parses.
         """
         record = {
             "id": self.id,
@@ -114,10 +114,10 @@ class Job(BaseModel):
             crashes=int(record.get("crashes", 0)),
             max_retries=int(record.get("max_retries", 0)),
             timeout=record.get("timeout_ms", 300_000) / 1000,
-            created_at=_from_ms(record["created_at"]),
-            started_at=_from_ms(record.get("started_at")),
-            finished_at=_from_ms(record.get("finished_at")),
-            run_at=_from_ms(record.get("run_at")),
+            created_at=from_ms(record["created_at"]),
+            started_at=from_ms(record.get("started_at")),
+            finished_at=from_ms(record.get("finished_at")),
+            run_at=from_ms(record.get("run_at")),
             error=JobError.model_validate_json(error) if error else None,
             result=None if result is None else json.loads(result),
             token=int(record.get("token", 0)),
@@ -137,7 +137,7 @@ def now_ms() -> int:
 
 def utc_now() -> datetime:
     """Return the current time as an aware UTC datetime with millisecond precision."""
-    return _from_ms(now_ms())  # type: ignore[return-value]
+    return from_ms(now_ms())  # type: ignore[return-value]
 
 
 def _to_ms(moment: datetime | None) -> int | None:
@@ -146,7 +146,8 @@ def _to_ms(moment: datetime | None) -> int | None:
     return round(moment.timestamp() * 1000)
 
 
-def _from_ms(value: float | None) -> datetime | None:
+def from_ms(value: float | None) -> datetime | None:
+    """Convert milliseconds since the epoch to an aware UTC datetime; None stays None."""
     if value is None:
         return None
     return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
@@ -164,7 +165,7 @@ def new_job(
 ) -> Job:
     """Build a job ready to enqueue: pending, or scheduled ``delay`` seconds from now."""
     created = utc_now()
-    run_at = _from_ms(now_ms() + round(delay * 1000)) if delay > 0 else None
+    run_at = from_ms(now_ms() + round(delay * 1000)) if delay > 0 else None
     return Job(
         id=new_job_id(),
         name=name,

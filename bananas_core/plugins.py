@@ -85,6 +85,15 @@ def load_plugins(modules: list[str] | tuple[str, ...] = (), *, entry_point_group
         _register(manager, plugin, module_name, "PLUGINS")
         infos.append(PluginInfo(module_name, "(PLUGINS setting)", "-"))
 
+    try:
+        # A hook implementation whose name matches no spec (a typo) would never be called.
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise PluginError(
+            f"plugin {manager.get_name(error.plugin)!r} implements a hook that bananas does not "
+            f"define:\n  cause: {error}\nCheck the hook name against docs/plugins.md."
+        ) from error
+
     registry = HandlerRegistry()
     for impl in reversed(manager.hook.bananas_register_handlers.get_hookimpls()):
         registry.current_plugin = impl.plugin_name

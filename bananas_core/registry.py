@@ -73,7 +73,7 @@ class HandlerRegistry:
                 f"handler {name!r} is registered twice:\n"
                 f"  first by plugin {existing.plugin!r}\n"
                 f"  again by plugin {self.current_plugin!r}\n"
-                "Uninstall or block one of the two plugins."
+                "Uninstall one of the two plugins."
             )
 
         self._handlers[name] = Handler(

@@ -11,6 +11,7 @@ import anyio
 
 from bananas_core.backends.base import Backend
 from bananas_core.errors import BackendError
+from bananas_core.plugins import Plugins, notify
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,9 +23,10 @@ BACKOFF_MAX = 10.0
 class Scheduler:
     """Runs one tick every SCHEDULER_INTERVAL until stopped. Any number may run at once."""
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend, plugins: Plugins | None = None) -> None:
         self.settings = settings
         self.backend = backend
+        self.plugins = plugins
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._stopped = anyio.Event()
 
@@ -80,6 +82,7 @@ class Scheduler:
                         "Moved job %s to the dead letter queue: its worker died running it %d times",
                         job_id, self.settings.POISON_THRESHOLD,
                     )
+                    await self._notify_dead(job_id)
                 else:
                     logger.warning("Returned job %s to its queue: its worker's lease expired", job_id)
             if len(expired) < BATCH:
@@ -92,6 +95,13 @@ class Scheduler:
         if purged:
             logger.info("Deleted %d completed and dead jobs past their retention", purged)
         return promoted
+
+    async def _notify_dead(self, job_id: str) -> None:
+        if self.plugins is None:
+            return
+        job = await self.backend.get_job(job_id)
+        if job.error is not None:
+            await notify(self.plugins.manager, "bananas_job_dead", job=job, error=job.error)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -15,7 +15,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 # What each variable accepts, for the one-line start-up error.
 _ACCEPTS = {
-    "REDIS_URL": "a URL starting with redis://, rediss://, unix:// or memory://",
+    "REDIS_URL": "a URL such as redis://localhost:6379/0 (schemes: redis, rediss, unix, memory, or one a plugin adds)",
     "API_HOST": "an IP address or host name to bind",
     "API_PORT": "a whole number from 1 to 65535",
     "WORKER_CONCURRENCY": "a whole number from 1 to 10000",
@@ -54,7 +54,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
-    REDIS_URL: str = Field("redis://localhost:6379/0", pattern=r"^(redis|rediss|unix|memory)://")
+    # Any scheme passes here: the bananas_backend hook decides which schemes a backend serves.
+    REDIS_URL: str = Field("redis://localhost:6379/0", pattern=r"^[A-Za-z][A-Za-z0-9+.\-]*://")
     API_HOST: str = Field("127.0.0.1", min_length=1)
     API_PORT: int = Field(8080, ge=1, le=65535)
     WORKER_CONCURRENCY: int = Field(5, ge=1, le=10000)

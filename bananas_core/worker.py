@@ -18,7 +18,7 @@ from bananas_core.backends.base import Backend
 from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import BackendError, PermanentError
 from bananas_core.execution import JobTimeout, UnknownHandler, describe_error, run_handler
-from bananas_core.job import Job, JobError, now_ms
+from bananas_core.job import Job, JobError, JobStatus, from_ms, now_ms, utc_now
 from bananas_core.plugins import Plugins, notify
 from bananas_core.retry import exponential_backoff
 from bananas_core.settings import Settings
@@ -181,7 +181,8 @@ class Worker:
             result = await run_handler(handler, context, self._threads)
         except anyio.get_cancelled_exc_class():
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:
+            # SystemExit from a handler fails its job; it must not end the worker.
             await self._handle_failure(job, error)
             return
 
@@ -195,9 +196,12 @@ class Worker:
             )
             return
         logger.info("Completed job %s:%s in %.3fs", job.id, job.name, elapsed)
+        job = job.model_copy(update={
+            "status": JobStatus.completed, "result": result, "finished_at": utc_now(), "worker": None,
+        })
         await notify(self.plugins.manager, "bananas_job_succeeded", job=job, result=result)
 
-    async def _handle_failure(self, job: Job, error: Exception) -> None:
+    async def _handle_failure(self, job: Job, error: BaseException) -> None:
         details = describe_error(error)
         await notify(self.plugins.manager, "bananas_job_failed", job=job, error=details)
 
@@ -218,7 +222,17 @@ class Worker:
             job.id, job.name, job.attempts, details.type, details.message,
             job.retries + 1, job.max_retries, delay,
         )
-        job = job.model_copy(update={"status": "scheduled", "retries": job.retries + 1})
+        # The observers see the job as the fail script stored it: due now goes straight back to
+        # its queue, later waits in the scheduled set.
+        due_now = retry_at <= now_ms()
+        job = job.model_copy(update={
+            "status": JobStatus.pending if due_now else JobStatus.scheduled,
+            "retries": job.retries + 1,
+            "run_at": None if due_now else from_ms(retry_at),
+            "error": details,
+            "finished_at": utc_now(),
+            "worker": None,
+        })
         await notify(
             self.plugins.manager, "bananas_job_retry_scheduled", job=job, error=details, delay=delay
         )
@@ -233,10 +247,12 @@ class Worker:
             "Job %s:%s moved to the dead letter queue after %d attempts: %s: %s",
             job.id, job.name, job.attempts, details.type, details.message,
         )
-        job = job.model_copy(update={"status": "dead", "error": details})
+        job = job.model_copy(update={
+            "status": JobStatus.dead, "error": details, "finished_at": utc_now(), "worker": None,
+        })
         await notify(self.plugins.manager, "bananas_job_dead", job=job, error=details)
 
-    def _retry_delay(self, job: Job, error: Exception) -> float | None:
+    def _retry_delay(self, job: Job, error: BaseException) -> float | None:
         """Ask the retry policy plugins for the delay before the next run; None gives up."""
         if isinstance(error, JobTimeout):
             error = TimeoutError(str(error))

@@ -63,6 +63,10 @@ def flaky(payload: dict[str, Any], ctx: JobContext) -> int:
     return ctx.attempt
 
 
+def exit(payload: dict[str, Any]) -> None:
+    raise SystemExit(3)
+
+
 def reject(payload: dict[str, Any]) -> None:
     raise PermanentError("payload rejected on purpose")
 
@@ -88,7 +92,7 @@ def isolated_echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 @hookimpl
 def bananas_register_handlers(registry: Any) -> None:
-    for handler in (echo, record, stamp, async_sleep, blocking_sleep, fail, flaky, reject, not_json):
+    for handler in (echo, record, stamp, async_sleep, blocking_sleep, fail, flaky, exit, reject, not_json):
         registry.register(handler.__name__, handler)
     registry.register("cpu_loop", cpu_loop, isolation="process")
     registry.register("blocking_sleep_isolated", blocking_sleep, isolation="process")

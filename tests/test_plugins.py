@@ -200,3 +200,15 @@ def test_process_isolation_needs_importable_function() -> None:
         registry.register("inline", lambda payload: payload, isolation="process")
     with pytest.raises(PluginError, match="invalid isolation 'fork'"):
         registry.register("echo", print, isolation="fork")
+
+
+def test_misspelled_hook_is_plugin_error(tmp_path: Path, group: str) -> None:
+    module = f"plugin_{uuid.uuid4().hex[:8]}"
+    source = "from bananas_core import hookimpl\n\n@hookimpl\ndef bananas_job_sucess(job):\n    pass\n"
+    install_fake_distribution(tmp_path, group, "bananas-typo", {module: source})
+
+    with pytest.raises(PluginError) as raised:
+        load_plugins(entry_point_group=group)
+
+    assert f"plugin {module!r} implements a hook that bananas does not define" in str(raised.value)
+    assert "bananas_job_sucess" in str(raised.value)

@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
+from bananas_core.backends import create_backend
 from bananas_core.durations import parse_duration
 from bananas_core.errors import ConfigError
 from bananas_core.job import Job, utc_now
+from bananas_core.plugins import load_plugins
 from bananas_core.retry import exponential_backoff
 from bananas_core.settings import load_settings
 
@@ -61,7 +63,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("API_PORT", "70000", "invalid API_PORT='70000': expected a whole number from 1 to 65535"),
         ("WORKER_CONCURRENCY", "zero", "invalid WORKER_CONCURRENCY='zero'"),
         ("MAX_RETRIES", "-1", "invalid MAX_RETRIES='-1'"),
-        ("REDIS_URL", "http://x", "invalid REDIS_URL='http://x': expected a URL starting with redis://"),
+        ("REDIS_URL", "localhost:6379", "invalid REDIS_URL='localhost:6379': expected a URL such as redis://"),
     ],
 )
 def test_invalid_setting_names_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str) -> None:
@@ -104,10 +106,17 @@ def test_default_backoff_gives_up_after_max_retries() -> None:
 
 
 def test_invalid_url_error_hides_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REDIS_URL", "http://user:hunter2@cache:6379/0")
+    monkeypatch.setenv("REDIS_URL", "user:hunter2@cache:6379/0")
 
     with pytest.raises(ConfigError) as raised:
         load_settings()
 
     assert "hunter2" not in str(raised.value)
     assert "***@cache:6379/0" in str(raised.value)
+
+
+def test_url_scheme_without_backend_is_config_error() -> None:
+    settings = load_settings(REDIS_URL="http://cache:6379")
+
+    with pytest.raises(ConfigError, match="no installed plugin provides a backend for this scheme"):
+        create_backend(load_plugins().manager, settings)

@@ -13,6 +13,7 @@ import pytest
 
 from bananas_core.backends import create_backend
 from bananas_core.client import Client
+from bananas_core import hookimpl
 from bananas_core.job import Job, JobStatus
 from bananas_core.plugins import load_plugins
 from bananas_core.scheduler import Scheduler
@@ -64,7 +65,7 @@ async def start_system(settings: Settings) -> AsyncIterator[System]:
     plugins = load_plugins(settings.plugin_modules)
     backend = create_backend(plugins.manager, settings)
     worker = Worker(settings, backend, plugins)
-    scheduler = Scheduler(settings, backend)
+    scheduler = Scheduler(settings, backend, plugins)
     client = Client(settings, plugins=plugins, backend=backend)
     try:
         async with anyio.create_task_group() as services:
@@ -311,3 +312,51 @@ async def test_lost_lease_stops_the_local_run(backend_url: str, key_prefix: str)
         current = await system.client.get_job(job.id)
     assert current.status is JobStatus.processing
     assert current.token == running.token
+
+
+async def test_observers_see_final_job_state(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bananas_core.retry.BACKOFF_BASE", 0.05)
+    seen: list[tuple[str, Job]] = []
+
+    class Observer:
+        @hookimpl
+        def bananas_job_succeeded(self, job: Job) -> None:
+            seen.append(("succeeded", job))
+
+        @hookimpl
+        def bananas_job_retry_scheduled(self, job: Job) -> None:
+            seen.append(("retry", job))
+
+        @hookimpl
+        def bananas_job_dead(self, job: Job) -> None:
+            seen.append(("dead", job))
+
+    async with start_system(make_settings(backend_url, key_prefix)) as system:
+        system.worker.plugins.manager.register(Observer())
+        ok = await system.client.submit("echo", {"a": 1})
+        failing = await system.client.submit("fail", {}, max_retries=1)
+        await system.wait_for(ok)
+        await system.wait_for(failing)
+
+    events = {(event, job.id): job for event, job in seen}
+    succeeded = events[("succeeded", ok.id)]
+    retry = events[("retry", failing.id)]
+    dead = events[("dead", failing.id)]
+    assert succeeded.status is JobStatus.completed
+    assert succeeded.result == {"a": 1}
+    assert succeeded.finished_at is not None
+    assert retry.status is JobStatus.scheduled
+    assert retry.run_at is not None
+    assert retry.retries == 1
+    assert dead.status is JobStatus.dead
+    assert dead.error is not None and dead.error.type == "RuntimeError"
+
+
+async def test_system_exit_in_handler_fails_only_the_job(system: System) -> None:
+    job = await system.client.submit("exit", {}, max_retries=0)
+
+    dead = await system.wait_for(job)
+    after = await system.client.submit("echo", {})
+
+    assert dead.error is not None and dead.error.type == "SystemExit"
+    assert (await system.wait_for(after)).status is JobStatus.completed
