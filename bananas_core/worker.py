@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from bananas_core.backends.base import Backend
 from bananas_core.context import JobContext, job_logger
@@ -60,7 +60,8 @@ class Worker:
         )
         async with anyio.create_task_group() as services:
             if handle_signals:
-                services.start_soon(self._watch_signals)
+                # Handlers are in place before the first claim, so a SIGTERM always drains.
+                await services.start(self._watch_signals)
             services.start_soon(self._renew_leases)
 
             with anyio.CancelScope() as self._jobs_scope:
@@ -91,8 +92,9 @@ class Worker:
         if self._jobs_scope is not None:
             self._jobs_scope.cancel()
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for received in signals:
                 if self._stopping:
                     logger.warning("Received %s again", signal.Signals(received).name)

@@ -182,7 +182,9 @@ def test_repeated_sigterm_finishes_each_job_once(private_redis: PrivateRedis, tm
         services.start("scheduler")
         for _ in range(10):
             services.start("worker")
-            time.sleep(rng.uniform(0.4, 1.2))
+            # SIGTERM lands mid-burst: once the worker holds jobs, after a random delay.
+            wait_until(lambda: counts(private_redis.url)["processing"] > 0, 20, services, "a running job")
+            time.sleep(rng.uniform(0.05, 0.6))
             stopping = time.monotonic()
             assert services.stop("worker", timeout=15) == 0
             stop_seconds.append(time.monotonic() - stopping)
