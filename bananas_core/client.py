@@ -31,6 +31,10 @@ QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # Idempotency keys become part of a Redis key name, so they are visible ASCII without spaces.
 UNIQUE_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_LIST_LIMIT = 1000
+# Bounds of the per-job options, as the HTTP API enforces them: larger values are unit
+# mistakes, and huge ones overflow the integer milliseconds of the job record.
+MAX_DELAY_SECONDS = 366 * 86400.0
+MAX_TIMEOUT_SECONDS = 7 * 86400.0
 
 
 @dataclass
@@ -162,6 +166,17 @@ class Client:
             raise BananasError(
                 f"invalid unique key of {where} {spec.unique_key!r}: expected 1 to 255 visible "
                 "ASCII characters without spaces"
+            )
+        if spec.timeout is not None and not 0 < spec.timeout <= MAX_TIMEOUT_SECONDS:
+            raise BananasError(
+                f"invalid timeout of {where} {spec.timeout!r}: expected more than 0 and at most "
+                f"{MAX_TIMEOUT_SECONDS:g} seconds"
+            )
+        if spec.max_retries is not None and not 0 <= spec.max_retries <= 100:
+            raise BananasError(f"invalid max_retries of {where} {spec.max_retries!r}: expected 0 to 100")
+        if not 0 <= spec.delay <= MAX_DELAY_SECONDS:
+            raise BananasError(
+                f"invalid delay of {where} {spec.delay!r}: expected 0 to {MAX_DELAY_SECONDS:g} seconds"
             )
         delay = spec.delay
         if spec.run_at is not None:

@@ -17,6 +17,7 @@ from bananas_core.settings import Settings
 logger = logging.getLogger(__name__)
 
 BATCH = 1000  # jobs moved per script call; each call keeps Redis busy for a bounded time
+PURGE_BATCHES_PER_TICK = 20
 BACKOFF_MAX = 10.0
 
 
@@ -89,9 +90,16 @@ class Scheduler:
                 break
 
         # Retention is checked every tick: one range query per set, which usually finds nothing.
-        purged = await self.backend.purge_finished(
-            self.settings.COMPLETED_TTL, self.settings.DEAD_TTL, BATCH
-        )
+        # Up to PURGE_BATCHES_PER_TICK batches keep up with a queue that finishes thousands of
+        # jobs a second without holding Redis for long.
+        purged = 0
+        for _ in range(PURGE_BATCHES_PER_TICK):
+            deleted = await self.backend.purge_finished(
+                self.settings.COMPLETED_TTL, self.settings.DEAD_TTL, BATCH
+            )
+            purged += deleted
+            if deleted < BATCH:
+                break
         if purged:
             logger.info("Deleted %d completed and dead jobs past their retention", purged)
         return promoted

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     MAX_BATCH_JOBS: int = Field(100, ge=1, le=10_000)
     # How long an idempotency key returns the job it first created.
     IDEMPOTENCY_WINDOW: Duration = Field(86400.0, ge=1)
-    # Longest time one wait request may block, so a client cannot hold a connection forever.
+    # Maximum time one wait request may block, so a client cannot hold a connection forever.
     WAIT_TIMEOUT_MAX: Duration = Field(60.0, ge=1, le=3600)
 
     @property

@@ -212,9 +212,8 @@ class Worker:
             await self._give_up(job, details)
             return
 
-        retry_at = now_ms() + round(delay * 1000)
         with anyio.CancelScope(shield=True):
-            recorded = await self._record(job, lambda: self.backend.fail(job, details, retry_at))
+            recorded = await self._record(job, lambda: self.backend.fail(job, details, delay))
         if not recorded:
             logger.warning("Job %s:%s failed but its lease was lost; not retried here", job.id, job.name)
             return
@@ -226,11 +225,11 @@ class Worker:
         )
         # The observers see the job as the fail script stored it: due now goes straight back to
         # its queue, later waits in the scheduled set.
-        due_now = retry_at <= now_ms()
+        due_now = delay == 0
         job = job.model_copy(update={
             "status": JobStatus.pending if due_now else JobStatus.scheduled,
             "retries": job.retries + 1,
-            "run_at": None if due_now else from_ms(retry_at),
+            "run_at": None if due_now else from_ms(now_ms() + round(delay * 1000)),
             "error": details,
             "finished_at": utc_now(),
             "worker": None,

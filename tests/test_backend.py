@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from datetime import timedelta
 
 import anyio
 import pytest
@@ -17,7 +16,7 @@ from bananas_core.backends.base import Backend
 from bananas_core.backends.memory import memory_backend
 from bananas_core.backends.redis import RedisBackend
 from bananas_core.errors import BackendError, JobNotFound
-from bananas_core.job import Job, JobError, JobStatus, new_job, utc_now
+from bananas_core.job import Job, JobError, JobStatus, new_job
 
 pytestmark = pytest.mark.anyio
 
@@ -131,9 +130,7 @@ async def test_fail_with_retry_schedules_then_promotes(backend: Backend) -> None
     job = make_job()
     await backend.enqueue(job)
     [leased] = await backend.claim(1, "w", 30)
-    retry_at = round((utc_now() + timedelta(milliseconds=100)).timestamp() * 1000)
-
-    assert await backend.fail(leased, JobError(type="RuntimeError", message="boom"), retry_at)
+    assert await backend.fail(leased, JobError(type="RuntimeError", message="boom"), 0.1)
     scheduled = await backend.get_job(job.id)
     early = await backend.promote_due(100)
     await anyio.sleep(0.15)
@@ -327,3 +324,16 @@ async def test_corrupt_records_do_not_stall_the_queue(redis_url: str, key_prefix
 
     assert promoted == 1
     assert [job.id for job in leased] == [good.id]
+
+
+async def test_retry_with_zero_delay_is_queued_at_once(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    [leased] = await backend.claim(1, "w", 30)
+
+    await backend.fail(leased, JobError(type="E", message="again"), 0)
+    [again] = await backend.claim(1, "w", 30)
+
+    assert again.id == job.id
+    assert again.retries == 1
+    assert again.attempts == 2

@@ -52,8 +52,8 @@ class Backend(abc.ABC):
         """Record a successful run. Returns False if the job's lease was lost."""
 
     @abc.abstractmethod
-    async def fail(self, job: Job, error: JobError, retry_at_ms: int | None) -> bool:
-        """Record a failed run: a retry due at ``retry_at_ms``, or the dead letter queue if None.
+    async def fail(self, job: Job, error: JobError, retry_delay: float | None) -> bool:
+        """Record a failed run: a retry ``retry_delay`` seconds from now, or dead letter if None.
 
         Returns False if the job's lease was lost.
         """

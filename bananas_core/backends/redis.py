@@ -125,7 +125,7 @@ class RedisBackend(Backend):
         k = self.keys
         records = await self._scripts["claim"](
             keys=[*k.priority_lists, k.processing, k.leases, k.jobs, k.wakeup],
-            args=[count, now_ms(), round(lease * 1000), worker, WAKEUP_TOKENS_MAX],
+            args=[count, round(lease * 1000), worker, WAKEUP_TOKENS_MAX],
         )
         return [Job.from_record(record) for record in records]
 
@@ -140,18 +140,18 @@ class RedisBackend(Backend):
         encoded = "" if result is None else json.dumps(result)
         done = await self._scripts["complete"](
             keys=[k.processing, k.leases, k.jobs, k.completed],
-            args=[job.id, job.token, now_ms(), encoded],
+            args=[job.id, job.token, encoded],
         )
         return bool(done)
 
     @_translate_errors
-    async def fail(self, job: Job, error: JobError, retry_at_ms: int | None) -> bool:
+    async def fail(self, job: Job, error: JobError, retry_delay: float | None) -> bool:
         k = self.keys
         done = await self._scripts["fail"](
             keys=[k.processing, k.leases, k.jobs, k.scheduled, k.dead,
                   k.for_priority(job.priority), k.wakeup],
-            args=[job.id, job.token, now_ms(), error.model_dump_json(),
-                  -1 if retry_at_ms is None else retry_at_ms, WAKEUP_TOKENS_MAX],
+            args=[job.id, job.token, error.model_dump_json(),
+                  -1 if retry_delay is None else round(retry_delay * 1000), WAKEUP_TOKENS_MAX],
         )
         return bool(done)
 
@@ -168,7 +168,7 @@ class RedisBackend(Backend):
     async def heartbeat(self, jobs: list[Job], lease: float) -> list[str]:
         if not jobs:
             return []
-        args: list[object] = [now_ms() + round(lease * 1000)]
+        args: list[object] = [round(lease * 1000)]
         for job in jobs:
             args += [job.id, job.token]
         return list(await self._scripts["heartbeat"](
@@ -180,7 +180,7 @@ class RedisBackend(Backend):
         k = self.keys
         return int(await self._scripts["promote"](
             keys=[k.scheduled, *k.priority_lists, k.jobs, k.wakeup],
-            args=[now_ms(), limit, WAKEUP_TOKENS_MAX],
+            args=[limit, WAKEUP_TOKENS_MAX],
         ))
 
     @_translate_errors
@@ -188,17 +188,16 @@ class RedisBackend(Backend):
         k = self.keys
         flat = await self._scripts["requeue_expired"](
             keys=[k.processing, k.leases, *k.priority_lists, k.jobs, k.wakeup, k.dead],
-            args=[now_ms(), limit, WAKEUP_TOKENS_MAX, poison_threshold],
+            args=[limit, WAKEUP_TOKENS_MAX, poison_threshold],
         )
         return list(zip(flat[::2], flat[1::2]))
 
     @_translate_errors
     async def purge_finished(self, completed_ttl: float, dead_ttl: float, limit: int) -> int:
         k = self.keys
-        now = now_ms()
         return int(await self._scripts["purge"](
             keys=[k.completed, k.dead, k.jobs],
-            args=[now - round(completed_ttl * 1000), now - round(dead_ttl * 1000), limit],
+            args=[round(completed_ttl * 1000), round(dead_ttl * 1000), limit],
         ))
 
     @_translate_errors
@@ -410,7 +409,7 @@ class RedisBackend(Backend):
         script = self._extra_script("sweep_dead")
         changed = offset = 0
         while True:
-            # Each call reads a bounded window, so Redis is never blocked for long.
+            # Each call reads at most SWEEP_BATCH ids, which bounds how long one script runs.
             done, skipped, read = await script(
                 keys=[k.jobs, k.dead, k.high, k.normal, k.low, k.wakeup],
                 args=[action, name or "", offset, SWEEP_BATCH, WAKEUP_TOKENS_MAX],

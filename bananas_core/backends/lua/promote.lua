@@ -1,9 +1,12 @@
 -- Move scheduled jobs that are due to the tail of their priority lists.
 -- KEYS: scheduled, high, normal, low, jobs, wakeup
--- ARGV: now ms, max jobs, wakeup token limit
+-- ARGV: max jobs, wakeup token limit
 -- Returns the number of jobs moved.
 local lists = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+-- Times come from the Redis server's clock, so the clocks of workers and schedulers need not agree.
+local server_time = redis.call('TIME')
+local now = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
@@ -20,6 +23,6 @@ end
 
 if #ids > 0 then
   redis.call('RPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[3]), -1)
+  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
 end
 return #ids

@@ -2,12 +2,14 @@
 -- A job whose worker died while running it POISON_THRESHOLD times goes to the dead letter queue
 -- instead, so that a job that kills its worker cannot kill workers forever.
 -- KEYS: processing, leases, high, normal, low, jobs, wakeup, dead
--- ARGV: now ms, max jobs, wakeup token limit, poison threshold
+-- ARGV: max jobs, wakeup token limit, poison threshold
 -- Returns the ids handled as a flat list of pairs: id, 'requeued' or 'dead'.
 local lists = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
-local now = tonumber(ARGV[1])
-local threshold = tonumber(ARGV[4])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+-- Times come from the Redis server's clock, so the clocks of workers and schedulers need not agree.
+local server_time = redis.call('TIME')
+local now = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
+local threshold = tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local handled = {}
 local requeued = 0
 
@@ -49,6 +51,6 @@ end
 
 if requeued > 0 then
   redis.call('RPUSH', KEYS[7], '1')
-  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[3]), -1)
+  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[2]), -1)
 end
 return handled

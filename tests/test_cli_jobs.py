@@ -1,0 +1,123 @@
+"""The job commands of the ``bananas`` CLI against real Redis: output, --json and exit codes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bananas_core.cli import EXIT_BACKEND, EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE, main
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def run(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Any:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("KEY_PREFIX", key_prefix)
+    monkeypatch.setenv("PLUGINS", "tests.handlers")
+    monkeypatch.setenv("LOG_LEVEL", "ERROR")
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(argv))
+        captured = capsys.readouterr()
+        return int(exit_info.value.code or 0), captured.out, captured.err
+
+    return invoke
+
+
+def test_enqueue_with_options_then_list(run: Any) -> None:
+    code, out, _ = run("enqueue", "echo", "--queue", "email", "--unique-key", "k1", "--json")
+    job = json.loads(out)
+    _, again, _ = run("enqueue", "echo", "--queue", "email", "--unique-key", "k1")
+
+    code_list, listing, _ = run("list", "--queue", "email", "--json")
+
+    assert code == 0
+    assert job["queue"] == "email"
+    assert again.strip() == job["id"]
+    assert code_list == 0
+    assert [each["id"] for each in json.loads(listing)["jobs"]] == [job["id"]]
+
+
+def test_cancel_then_cancel_again_conflicts(run: Any) -> None:
+    _, job_id, _ = run("enqueue", "echo")
+
+    first = run("cancel", job_id.strip(), "--json")
+    second = run("cancel", job_id.strip())
+
+    assert first[0] == 0
+    assert json.loads(first[1])["outcome"] == "cancelled"
+    assert second[0] == EXIT_CONFLICT
+    assert "already cancelled" in second[2]
+
+
+def test_wait_prints_status(run: Any) -> None:
+    _, job_id, _ = run("enqueue", "echo", "--delay", "60")
+
+    code, out, _ = run("wait", job_id.strip(), "--timeout", "0.1")
+
+    assert code == 0
+    assert out.strip() == "scheduled"
+
+
+def test_queues_and_workers_json(run: Any) -> None:
+    run("enqueue", "echo", "--priority", "high")
+
+    code, out, _ = run("queues", "--json")
+    code_workers, workers, _ = run("workers", "--json")
+
+    assert code == 0
+    assert json.loads(out)[0]["high"] == 1
+    assert code_workers == 0
+    assert json.loads(workers) == []
+
+
+def test_dead_commands_count(run: Any) -> None:
+    requeue = run("dead", "requeue", "--name", "echo", "--json")
+    purge = run("dead", "purge")
+
+    assert requeue[0] == 0
+    assert json.loads(requeue[1]) == {"count": 0}
+    assert purge[1].strip() == "purged 0 dead jobs"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("status", "0" * 32), EXIT_NOT_FOUND),
+        (("cancel", "0" * 32), EXIT_NOT_FOUND),
+        (("dead", "retry", "0" * 32), EXIT_NOT_FOUND),
+        (("list", "--cursor", "nonsense"), EXIT_USAGE),
+        (("list", "--status", "lost"), EXIT_USAGE),
+        (("enqueue", "echo", "--queue", "bad queue"), EXIT_USAGE),
+        (("enqueue", "echo", "--run-at", "tomorrow"), EXIT_USAGE),
+    ],
+)
+def test_exit_codes(run: Any, argv: tuple[str, ...], expected: int) -> None:
+    code, _, err = run(*argv)
+
+    assert code == expected
+    assert err.startswith("bananas: ") or "usage:" in err
+
+
+def test_dead_retry_of_live_job_conflicts(run: Any) -> None:
+    _, job_id, _ = run("enqueue", "echo")
+
+    code, _, err = run("dead", "retry", job_id.strip())
+
+    assert code == EXIT_CONFLICT
+    assert "not dead" in err
+
+
+def test_unreachable_redis_exits_5(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+
+    code, _, err = run("queues")
+
+    assert code == EXIT_BACKEND
+    assert "127.0.0.1:1" in err

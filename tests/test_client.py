@@ -1,0 +1,60 @@
+"""The Python clients without HTTP: the sync wrapper and the batch rules, on real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from bananas_core.client import JobSpec, SyncClient
+from bananas_core.errors import BananasError, JobConflict, JobNotFound
+from bananas_core.settings import Settings
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def client(redis_url: str, key_prefix: str) -> SyncClient:
+    settings = Settings(REDIS_URL=redis_url, KEY_PREFIX=key_prefix, PLUGINS="tests.handlers", MAX_BATCH_JOBS=3)
+    with SyncClient(settings) as sync_client:
+        yield sync_client
+
+
+def test_sync_client_runs_every_operation(client: SyncClient) -> None:
+    job = client.submit("echo", {"n": 1}, queue="email", unique_key="once")
+    repeat = client.submit("echo", {"n": 2}, queue="email", unique_key="once")
+    page = client.list_jobs(queue="email")
+    outcome, cancelled = client.cancel(job.id)
+
+    assert repeat.id == job.id
+    assert [each.id for each in page.jobs] == [job.id]
+    assert outcome == "cancelled"
+    assert client.get_job(job.id).status.value == "cancelled"
+    assert client.wait(job.id, 1).status.value == "cancelled"
+    assert {counts.queue for counts in client.all_counts()} == {"default", "email"}
+    assert client.workers() == []
+    assert client.requeue_dead(queue="email") == 0
+    assert client.purge_dead(queue="email") == 0
+
+
+def test_sync_client_raises_core_errors(client: SyncClient) -> None:
+    job = client.submit("echo")
+
+    with pytest.raises(JobConflict, match="not dead"):
+        client.retry_dead(job.id)
+    with pytest.raises(JobNotFound):
+        client.get_job("0" * 32)
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        ([JobSpec("echo")] * 4, "MAX_BATCH_JOBS=3"),
+        ([JobSpec("echo", queue="a"), JobSpec("echo", queue="b")], "one batch per queue"),
+        ([JobSpec("echo", payload=[1])], "expected a JSON object"),  # type: ignore[arg-type]
+        ([JobSpec("echo", unique_key="has space")], "invalid unique key"),
+    ],
+)
+def test_batch_rules_store_nothing(client: SyncClient, specs: list[JobSpec], message: str) -> None:
+    with pytest.raises(BananasError, match=message):
+        client.submit_batch(specs)
+
+    assert all(counts.normal == 0 for counts in client.all_counts())
