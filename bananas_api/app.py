@@ -4,7 +4,7 @@ workers and health."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
@@ -90,7 +90,7 @@ def create_app(settings: Settings, backend: Backend, plugins: Plugins) -> FastAP
     metrics = ApiMetrics()
     install_error_handlers(app, list(JobRequest.model_fields))
     # Middleware added last runs first: request ids wrap everything, including the 413, and
-    # the rejection counter sees the 413 too.
+    # the rejection counter counts the 413 too.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
     app.add_middleware(RejectionCounterMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
@@ -101,7 +101,24 @@ def create_app(settings: Settings, backend: Backend, plugins: Plugins) -> FastAP
     _add_read_routes(app, settings, client, read)
     _add_control_routes(app, client, write)
     _add_operation_routes(app, settings, client, metrics, read)
+    _list_handler_names(app, plugins)
     return app
+
+
+def _list_handler_names(app: FastAPI, plugins: Plugins) -> None:
+    # The schema lists the installed handler names, so clients and schema-driven tools see
+    # which names this API accepts.
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            name = schema["components"]["schemas"]["JobRequest"]["properties"]["name"]
+            name["enum"] = plugins.registry.names()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_submit_routes(

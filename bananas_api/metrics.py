@@ -21,7 +21,7 @@ _STATES = ("high", "normal", "low", "scheduled", "processing", "completed", "dea
 
 
 class Snapshot:
-    """What one scrape read from Redis, kept until the next scrape replaces it."""
+    """Values one scrape read from Redis, kept until the next scrape replaces them."""
 
     def __init__(self) -> None:
         self.counts: list[QueueCounts] = []

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from bananas_core.backends.base import QueueCounts, WorkerInfo
 from bananas_core.durations import DURATION_HELP, parse_duration
@@ -13,6 +21,8 @@ from bananas_core.job import Job, JobError, JobStatus, Priority, utc_now
 
 # A delay past this is almost surely a unit mistake, and a much larger one overflows datetime.
 MAX_DELAY_SECONDS = 366 * 86400.0
+# A run time limit past this is a unit mistake too, and a huge one overflows the record's ms.
+MAX_TIMEOUT_SECONDS = 7 * 86400.0
 
 # The rules of bananas_core.client, as JSON schema patterns.
 QUEUE_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
@@ -37,11 +47,11 @@ Delay = Annotated[
 Timeout = Annotated[
     float,
     BeforeValidator(parse_duration),
-    Field(gt=0),
+    Field(gt=0, le=MAX_TIMEOUT_SECONDS),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_SECONDS},
                 {"type": "string", "pattern": _DURATION_PATTERN},
             ]
         }
@@ -73,7 +83,6 @@ class JobRequest(BaseModel):
                     "payload": {"to": "ada@example.com", "subject": "Invoice", "body": "Attached."},
                     "queue": "email",
                     "priority": "high",
-                    "run_at": "2030-01-01T09:00:00Z",
                     "unique_key": "invoice-2030-01-ada",
                 },
             ]
@@ -124,17 +133,24 @@ class JobRequest(BaseModel):
         "returns the first job instead of creating one. The Idempotency-Key header sets it too.",
     )
 
+    @field_validator("run_at")
+    @classmethod
+    def _check_run_at(cls, run_at: datetime | None) -> datetime | None:
+        if run_at is None:
+            return None
+        if run_at.tzinfo is None:
+            run_at = run_at.replace(tzinfo=timezone.utc)
+        if (run_at - utc_now()).total_seconds() > MAX_DELAY_SECONDS:
+            raise ValueError(
+                f"run_at {run_at.isoformat()} is more than {MAX_DELAY_SECONDS / 86400:g} days "
+                "ahead; pick an earlier time."
+            )
+        return run_at
+
     @model_validator(mode="after")
     def _check_schedule(self) -> JobRequest:
         if self.run_at is not None and self.delay:
             raise ValueError("Set delay or run_at, not both.")
-        if self.run_at is not None:
-            run_at = self.run_at if self.run_at.tzinfo else self.run_at.replace(tzinfo=timezone.utc)
-            if (run_at - utc_now()).total_seconds() > MAX_DELAY_SECONDS:
-                raise ValueError(
-                    f"run_at {self.run_at.isoformat()} is more than {MAX_DELAY_SECONDS / 86400:g} "
-                    "days ahead; pick an earlier time."
-                )
         return self
 
 

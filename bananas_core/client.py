@@ -184,7 +184,7 @@ class Client:
                 raise BananasError(f"invalid {where}: set delay or run_at, not both")
             run_at = spec.run_at if spec.run_at.tzinfo else spec.run_at.replace(tzinfo=timezone.utc)
             delay = max(run_at.timestamp() * 1000 - now_ms(), 0) / 1000
-        return new_job(
+        job = new_job(
             spec.name,
             spec.payload,
             queue=queue,
@@ -193,6 +193,12 @@ class Client:
             max_retries=self.settings.MAX_RETRIES if spec.max_retries is None else spec.max_retries,
             timeout=self.settings.JOB_TIMEOUT if spec.timeout is None else spec.timeout,
         )
+        if job.run_at is not None and spec.run_at is not None:
+            # new_job adds the delay to its own clock reading, which can drift by a millisecond
+            # from the one above, so the requested time is stored as given, to the millisecond.
+            exact_ms = round(run_at.timestamp() * 1000)
+            job.run_at = datetime.fromtimestamp(exact_ms / 1000, timezone.utc)
+        return job
 
     async def get_job(self, job_id: str) -> Job:
         """Return the job with this id. Raises JobNotFound."""

@@ -35,3 +35,42 @@ def histogram_fields(kind: str, queue: str, name: str, seconds: float, buckets: 
     fields.append(f"{kind}|{queue}|{name}|+Inf")
     fields.append(f"{kind}_count|{queue}|{name}")
     return fields
+
+
+class JobStats:
+    """Counter increments of one process, batched and flushed to the backend together.
+
+    Recording a run costs no Redis round trip: a worker flushes every second, so the shared
+    totals lag by at most that long.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, float] = {}
+
+    def record(
+        self, queue: str, name: str, outcome: Outcome, run_seconds: float | None, wait_seconds: float | None
+    ) -> None:
+        """Count one finished run, with its run time and, on a first attempt, its wait time."""
+        self._add(f"outcome|{queue}|{name}|{outcome.value}", 1)
+        for kind, seconds, buckets in (
+            ("run", run_seconds, RUN_SECONDS_BUCKETS),
+            ("wait", wait_seconds, WAIT_SECONDS_BUCKETS),
+        ):
+            if seconds is None:
+                continue
+            for field in histogram_fields(kind, queue, name, seconds, buckets):
+                self._add(field, 1)
+            self._add(f"{kind}_sum|{queue}|{name}", seconds)
+
+    def take(self) -> dict[str, float]:
+        """Return the increments since the last call, and start a new batch."""
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def restore(self, increments: dict[str, float]) -> None:
+        """Put back increments whose flush failed, so they go with the next one."""
+        for field, amount in increments.items():
+            self._add(field, amount)
+
+    def _add(self, field: str, amount: float) -> None:
+        self._pending[field] = self._pending.get(field, 0) + amount

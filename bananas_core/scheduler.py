@@ -78,7 +78,9 @@ class Scheduler:
         while True:
             expired = await self.backend.requeue_expired(BATCH, self.settings.POISON_THRESHOLD)
             for job_id, outcome in expired:
-                if outcome == "dead":
+                if outcome == "cancelled":
+                    logger.info("Cancelled job %s: its worker died and cancellation was requested", job_id)
+                elif outcome == "dead":
                     logger.error(
                         "Moved job %s to the dead letter queue: its worker died running it %d times",
                         job_id, self.settings.POISON_THRESHOLD,
@@ -100,8 +102,9 @@ class Scheduler:
             purged += deleted
             if deleted < BATCH:
                 break
+        purged += await self.backend.purge_cancelled(self.settings.COMPLETED_TTL, BATCH)
         if purged:
-            logger.info("Deleted %d completed and dead jobs past their retention", purged)
+            logger.info("Deleted %d completed, dead and cancelled jobs past their retention", purged)
         return promoted
 
     async def _notify_dead(self, job_id: str) -> None:

@@ -14,11 +14,12 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from bananas_core.backends.base import Backend
+from bananas_core.backends.base import Backend, WorkerInfo
 from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import BackendError, PermanentError
 from bananas_core.execution import JobTimeout, UnknownHandler, describe_error, run_handler
 from bananas_core.job import Job, JobError, JobStatus, from_ms, now_ms, utc_now
+from bananas_core.metrics import JobStats, Outcome
 from bananas_core.plugins import Plugins, notify
 from bananas_core.retry import exponential_backoff
 from bananas_core.settings import Settings
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IDLE_WAIT = 1.0  # seconds an idle worker blocks on the wake-up list before it claims again
+CONTROL_INTERVAL = 1.0  # seconds between checks for cancel requests and metric flushes
 BACKOFF_MAX = 10.0  # seconds between attempts to reach an unreachable backend, at most
 
 
@@ -42,6 +44,9 @@ class Worker:
         self.concurrency = settings.WORKER_CONCURRENCY
         self.running: dict[str, Job] = {}
         self._run_scopes: dict[str, anyio.CancelScope] = {}  # cancelled when a lease is lost
+        self._cancel_requested: set[str] = set()  # running jobs a caller asked to cancel
+        self.stats = JobStats()
+        self.started_at = now_ms()
         self._slot_freed = anyio.Event()
         self._stopping = False
         self._fetch_scope: anyio.CancelScope | None = None
@@ -62,7 +67,9 @@ class Worker:
             if handle_signals:
                 # Handlers are in place before the first claim, so a SIGTERM always drains.
                 await services.start(self._watch_signals)
+            await self._register()
             services.start_soon(self._renew_leases)
+            services.start_soon(self._control)
 
             with anyio.CancelScope() as self._jobs_scope:
                 async with anyio.create_task_group() as jobs:
@@ -72,6 +79,13 @@ class Worker:
                         await self._fetch_loop(jobs)
                     await self._drain()
             services.cancel_scope.cancel()
+
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._flush_stats()
+            try:
+                await self.backend.deregister_worker(self.id)
+            except BackendError as error:
+                logger.warning("Worker %s could not deregister: %s", self.id, error)
         logger.info("Worker %s stopped", self.id)
 
     def stop(self) -> None:
@@ -146,11 +160,14 @@ class Worker:
         try:
             with scope:
                 await self._execute(job)
-            if scope.cancelled_caught:
+            if scope.cancelled_caught and job.id in self._cancel_requested:
+                await self._finish_cancelled(job)
+            elif scope.cancelled_caught:
                 logger.warning(
                     "Stopped job %s:%s: its lease was lost, so another worker may run it",
                     job.id, job.name,
                 )
+                self.stats.record(job.queue, job.name, Outcome.lost, None, None)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 released = await self._record(job, lambda: self.backend.release(job))
@@ -160,6 +177,7 @@ class Worker:
         finally:
             self.running.pop(job.id, None)
             self._run_scopes.pop(job.id, None)
+            self._cancel_requested.discard(job.id)
             self._slot_freed.set()
 
     async def _execute(self, job: Job) -> None:
@@ -198,6 +216,7 @@ class Worker:
             )
             return
         logger.info("Completed job %s:%s in %.3fs", job.id, job.name, elapsed)
+        self.stats.record(job.queue, job.name, Outcome.completed, elapsed, _wait_seconds(job))
         job = job.model_copy(update={
             "status": JobStatus.completed, "result": result, "finished_at": utc_now(), "worker": None,
         })
@@ -218,6 +237,7 @@ class Worker:
             logger.warning("Job %s:%s failed but its lease was lost; not retried here", job.id, job.name)
             return
 
+        self.stats.record(job.queue, job.name, Outcome.retried, _run_seconds(job), _wait_seconds(job))
         logger.warning(
             "Job %s:%s failed on attempt %d (%s: %s); retry %d of %d in %.1fs",
             job.id, job.name, job.attempts, details.type, details.message,
@@ -244,6 +264,7 @@ class Worker:
         if not recorded:
             logger.warning("Job %s:%s failed but its lease was lost", job.id, job.name)
             return
+        self.stats.record(job.queue, job.name, Outcome.dead, _run_seconds(job), _wait_seconds(job))
         logger.error(
             "Job %s:%s moved to the dead letter queue after %d attempts: %s: %s",
             job.id, job.name, job.attempts, details.type, details.message,
@@ -303,6 +324,7 @@ class Worker:
         failures = 0
         while True:
             await anyio.sleep(interval)
+            await self._register()
             jobs = list(self.running.values())
             try:
                 lost = await self.backend.heartbeat(jobs, self.settings.LEASE_TIMEOUT)
@@ -323,6 +345,63 @@ class Worker:
                 if scope is not None:
                     scope.cancel()
 
+    async def _register(self) -> None:
+        # The registration lives one lease period, so a dead worker leaves the list as its
+        # jobs' leases expire.
+        info = WorkerInfo(
+            id=self.id,
+            queue=self.backend.queue,
+            handlers=self.plugins.registry.names(),
+            concurrency=self.concurrency,
+            running=len(self.running),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            heartbeat_at=0,
+        )
+        try:
+            await self.backend.register_worker(info, self.settings.LEASE_TIMEOUT)
+        except BackendError as error:
+            logger.warning("Worker %s could not register: %s", self.id, error)
+
+    async def _control(self) -> None:
+        """Stop running jobs whose cancellation was requested, and flush the job counters."""
+        while True:
+            await anyio.sleep(CONTROL_INTERVAL)
+            await self._flush_stats()
+            if not self.running:
+                continue
+            try:
+                requested = await self.backend.cancel_requests(list(self.running.values()))
+            except BackendError as error:
+                logger.warning("Worker %s could not read cancel requests: %s", self.id, error)
+                continue
+            for job_id in requested:
+                scope = self._run_scopes.get(job_id)
+                if scope is not None and job_id not in self._cancel_requested:
+                    logger.info("Cancelling job %s at the caller's request", job_id)
+                    self._cancel_requested.add(job_id)
+                    scope.cancel()
+
+    async def _finish_cancelled(self, job: Job) -> None:
+        with anyio.CancelScope(shield=True):
+            recorded = await self._record(job, lambda: self.backend.finish_cancelled(job))
+        if recorded:
+            logger.info("Cancelled job %s:%s while it ran", job.id, job.name)
+            self.stats.record(job.queue, job.name, Outcome.cancelled, _run_seconds(job), None)
+        else:
+            logger.warning("Job %s:%s was cancelled but its lease was lost", job.id, job.name)
+
+    async def _flush_stats(self) -> None:
+        increments = self.stats.take()
+        if not increments:
+            return
+        try:
+            await self.backend.add_job_metrics(increments)
+        except BackendError as error:
+            self.stats.restore(increments)
+            logger.warning("Worker %s could not flush job metrics: %s", self.id, error)
+
     async def _backoff(self, action: str, error: BackendError, failures: int) -> None:
         delay = min(0.1 * 2 ** (failures - 1), BACKOFF_MAX)
         # The first failure and then every tenth is logged, so an outage does not flood the log.
@@ -332,3 +411,16 @@ class Worker:
                 self.id, action, failures, delay, error,
             )
         await anyio.sleep(delay)
+
+
+def _run_seconds(job: Job) -> float | None:
+    if job.started_at is None:
+        return None
+    return max((utc_now() - job.started_at).total_seconds(), 0.0)
+
+
+def _wait_seconds(job: Job) -> float | None:
+    # Only a first attempt has a meaningful wait: from submission to its start.
+    if job.attempts != 1 or job.started_at is None:
+        return None
+    return max((job.started_at - job.created_at).total_seconds(), 0.0)

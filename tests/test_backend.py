@@ -337,3 +337,17 @@ async def test_retry_with_zero_delay_is_queued_at_once(backend: Backend) -> None
     assert again.id == job.id
     assert again.retries == 1
     assert again.attempts == 2
+
+
+async def test_expired_job_with_cancel_request_is_cancelled(backend: RedisBackend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    await backend.claim(1, "w", 0.01)
+    await backend.client.hset(f"{backend.keys.base}:cancel_requests", job.id, 1)
+    await anyio.sleep(0.03)
+
+    outcomes = await backend.requeue_expired(100, 3)
+
+    assert outcomes == [(job.id, "cancelled")]
+    assert (await backend.get_job(job.id)).status is JobStatus.cancelled
+    assert (await backend.counts()).normal == 0

@@ -360,3 +360,58 @@ async def test_system_exit_in_handler_fails_only_the_job(system: System) -> None
 
     assert dead.error is not None and dead.error.type == "SystemExit"
     assert (await system.wait_for(after)).status is JobStatus.completed
+
+
+async def test_running_job_is_cancelled_on_request(system: System) -> None:
+    job = await system.client.submit("async_sleep", {"seconds": 30})
+    await system.wait_for(job, {JobStatus.processing})
+
+    outcome, _ = await system.client.cancel(job.id)
+    cancelled = await system.wait_for(job, {JobStatus.cancelled}, timeout=5)
+
+    assert outcome == "requested"
+    assert cancelled.status is JobStatus.cancelled
+    assert job.id not in system.worker.running
+
+
+async def test_worker_registers_and_deregisters(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=3)
+    async with start_system(settings) as system:
+        with anyio.fail_after(5):
+            while not (workers := await system.client.workers()):
+                await anyio.sleep(0.02)
+        worker_id = system.worker.id
+    async with Client(settings) as client:
+        after = await client.workers()
+
+    [info] = workers
+    assert info.id == worker_id
+    assert info.concurrency == 3
+    assert "echo" in info.handlers
+    assert after == []
+
+
+async def test_job_counters_reach_the_backend(system: System) -> None:
+    job = await system.client.submit("echo", {})
+    await system.wait_for(job)
+
+    with anyio.fail_after(5):
+        while True:
+            metrics = await system.client.backend.job_metrics()
+            if metrics.get("outcome|default|echo|completed"):
+                break
+            await anyio.sleep(0.1)
+
+    assert metrics["run_count|default|echo"] >= 1
+    assert metrics["wait_count|default|echo"] >= 1
+
+
+async def test_wait_returns_when_job_finishes(system: System) -> None:
+    job = await system.client.submit("async_sleep", {"seconds": 0.2})
+
+    started = anyio.current_time()
+    finished = await system.client.wait(job.id, timeout=10)
+    elapsed = anyio.current_time() - started
+
+    assert finished.status is JobStatus.completed
+    assert elapsed < 1.0

@@ -197,6 +197,10 @@ class Backend(abc.ABC):
         """Add one run's outcome, run time and queue wait time to the shared job counters."""
 
     @abc.abstractmethod
+    async def add_job_metrics(self, increments: dict[str, float]) -> None:
+        """Add a worker's batched counter increments to the shared job metrics."""
+
+    @abc.abstractmethod
     async def job_metrics(self) -> dict[str, float]:
         """Return the shared job counters as stored, field name to value."""
 

@@ -139,8 +139,8 @@ class RedisBackend(Backend):
         k = self.keys
         encoded = "" if result is None else json.dumps(result)
         done = await self._scripts["complete"](
-            keys=[k.processing, k.leases, k.jobs, k.completed],
-            args=[job.id, job.token, encoded],
+            keys=[k.processing, k.leases, k.jobs, k.completed, cancel_requests_key(self.prefix, self.queue)],
+            args=[job.id, job.token, encoded, finished_channel(self.prefix, self.queue)],
         )
         return bool(done)
 
@@ -149,9 +149,10 @@ class RedisBackend(Backend):
         k = self.keys
         done = await self._scripts["fail"](
             keys=[k.processing, k.leases, k.jobs, k.scheduled, k.dead,
-                  k.for_priority(job.priority), k.wakeup],
+                  k.for_priority(job.priority), k.wakeup, cancel_requests_key(self.prefix, self.queue)],
             args=[job.id, job.token, error.model_dump_json(),
-                  -1 if retry_delay is None else round(retry_delay * 1000), WAKEUP_TOKENS_MAX],
+                  -1 if retry_delay is None else round(retry_delay * 1000), WAKEUP_TOKENS_MAX,
+                  finished_channel(self.prefix, self.queue)],
         )
         return bool(done)
 
@@ -187,7 +188,8 @@ class RedisBackend(Backend):
     async def requeue_expired(self, limit: int, poison_threshold: int) -> list[tuple[str, str]]:
         k = self.keys
         flat = await self._scripts["requeue_expired"](
-            keys=[k.processing, k.leases, *k.priority_lists, k.jobs, k.wakeup, k.dead],
+            keys=[k.processing, k.leases, *k.priority_lists, k.jobs, k.wakeup, k.dead,
+                  cancel_requests_key(self.prefix, self.queue), cancelled_key(self.prefix, self.queue)],
             args=[limit, WAKEUP_TOKENS_MAX, poison_threshold],
         )
         return list(zip(flat[::2], flat[1::2]))
@@ -356,10 +358,16 @@ class RedisBackend(Backend):
 
     @_translate_errors
     async def cancel_requests(self, jobs: list[Job]) -> list[str]:
-        requested = []
+        if not jobs:
+            return []
+        # One HMGET per queue: a worker's running jobs usually share one queue.
+        by_queue: dict[str, list[str]] = {}
         for job in jobs:
-            if await self.client.hexists(cancel_requests_key(self.prefix, job.queue), job.id):
-                requested.append(job.id)
+            by_queue.setdefault(job.queue, []).append(job.id)
+        requested = []
+        for queue, ids in by_queue.items():
+            flags = await self.client.hmget(cancel_requests_key(self.prefix, queue), ids)
+            requested += [job_id for job_id, flag in zip(ids, flags) if flag is not None]
         return requested
 
     @_translate_errors
@@ -493,6 +501,20 @@ class RedisBackend(Backend):
                 for field in histogram_fields(kind, job.queue, job.name, seconds, buckets):
                     pipe.hincrby(key, field, 1)
                 pipe.hincrbyfloat(key, f"{kind}_sum|{job.queue}|{job.name}", seconds)
+            await pipe.execute()
+
+    @_translate_errors
+    async def add_job_metrics(self, increments: dict[str, float]) -> None:
+        """Add a worker's batched counter increments to the shared job metrics hash."""
+        if not increments:
+            return
+        key = job_metrics_key(self.prefix)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for field, amount in increments.items():
+                if float(amount).is_integer():
+                    pipe.hincrby(key, field, int(amount))
+                else:
+                    pipe.hincrbyfloat(key, field, amount)
             await pipe.execute()
 
     @_translate_errors

@@ -1,6 +1,6 @@
 -- Record a successful run, if the caller still holds the job's lease.
--- KEYS: processing, leases, jobs, completed
--- ARGV: job id, delivery token, result JSON ('' for none)
+-- KEYS: processing, leases, jobs, completed, cancel requests
+-- ARGV: job id, delivery token, result JSON ('' for none), finished channel
 -- Returns 1 when recorded, 0 when the token is stale (another delivery owns the job).
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
   return 0
@@ -21,4 +21,7 @@ if ARGV[3] ~= '' then
 end
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(job))
 redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+-- Waiters on the job's result wake at once. A channel is not a key, so it is not in KEYS.
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1

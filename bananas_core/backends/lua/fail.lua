@@ -1,7 +1,8 @@
 -- Record a failed run, if the caller still holds the job's lease: schedule a retry or move the
 -- job to the dead letter queue.
--- KEYS: processing, leases, jobs, scheduled, dead, the job's priority list, wakeup
--- ARGV: job id, delivery token, error JSON, retry delay ms (-1: dead), wakeup token limit
+-- KEYS: processing, leases, jobs, scheduled, dead, the job's priority list, wakeup, cancel requests
+-- ARGV: job id, delivery token, error JSON, retry delay ms (-1: dead), wakeup token limit,
+--       finished channel
 -- Returns 1 when recorded, 0 when the token is stale.
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
   return 0
@@ -22,6 +23,8 @@ job.worker = nil
 if delay < 0 then
   job.status = 'dead'
   redis.call('ZADD', KEYS[5], now, ARGV[1])
+  redis.call('HDEL', KEYS[8], ARGV[1])
+  redis.call('PUBLISH', ARGV[6], ARGV[1])
 elseif delay == 0 then
   -- Due already: straight back to the queue instead of waiting for a scheduler tick.
   job.status = 'pending'

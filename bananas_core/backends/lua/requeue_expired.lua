@@ -1,9 +1,10 @@
 -- Return running jobs whose lease ran out (their worker died) to the head of their priority list.
 -- A job whose worker died while running it POISON_THRESHOLD times goes to the dead letter queue
 -- instead, so that a job that kills its worker cannot kill workers forever.
--- KEYS: processing, leases, high, normal, low, jobs, wakeup, dead
+-- A job whose cancellation was requested is cancelled instead of run again.
+-- KEYS: processing, leases, high, normal, low, jobs, wakeup, dead, cancel requests, cancelled
 -- ARGV: max jobs, wakeup token limit, poison threshold
--- Returns the ids handled as a flat list of pairs: id, 'requeued' or 'dead'.
+-- Returns the ids handled as a flat list of pairs: id, 'requeued', 'dead' or 'cancelled'.
 local lists = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
 -- Times come from the Redis server's clock, so the clocks of workers and schedulers need not agree.
 local server_time = redis.call('TIME')
@@ -26,7 +27,13 @@ for _, id in ipairs(ids) do
   else
     job.crashes = (job.crashes or 0) + 1
     job.worker = nil
-    if job.crashes >= threshold then
+    if redis.call('HDEL', KEYS[9], id) == 1 then
+      job.status = 'cancelled'
+      job.finished_at = now
+      redis.call('ZADD', KEYS[10], now, id)
+      handled[#handled + 1] = id
+      handled[#handled + 1] = 'cancelled'
+    elseif job.crashes >= threshold then
       job.status = 'dead'
       job.finished_at = now
       job.error = cjson.encode({
