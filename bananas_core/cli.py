@@ -66,29 +66,27 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(settings.LOG_LEVEL)
     try:
         sys.exit(args.handler(settings, args) or 0)
-    except PluginError as error:
-        print(f"bananas: plugin error: {error}", file=sys.stderr)
-        sys.exit(EXIT_PLUGIN)
-    except ConfigError as error:
-        print(f"bananas: {error}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except JobNotFound as error:
-        print(f"bananas: {error}", file=sys.stderr)
-        sys.exit(EXIT_NOT_FOUND)
-    except BackendError as error:
-        print(f"bananas: {error}", file=sys.stderr)
-        sys.exit(EXIT_BACKEND)
-    except JobConflict as error:
-        print(f"bananas: {error}", file=sys.stderr)
-        sys.exit(EXIT_CONFLICT)
-    except BananasError as error:
-        # The client's own checks of names, queues and options: a usage error.
-        print(f"bananas: {error}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except OSError as error:
-        # For example the API port is taken: one line, not a traceback.
-        print(f"bananas: {error}", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
+    except (BananasError, OSError) as error:
+        # One line, not a traceback, and an exit status per kind of error.
+        for kind, status, label in _ERROR_EXITS:
+            if isinstance(error, kind):
+                print(f"bananas: {label}{error}", file=sys.stderr)
+                sys.exit(status)
+        raise
+
+
+# The first matching class decides, so subclasses come before BananasError. A BananasError of
+# no other kind comes from the client's checks of names, queues and options: a usage error.
+# OSError is, for example, the API port being taken.
+_ERROR_EXITS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (PluginError, EXIT_PLUGIN, "plugin error: "),
+    (ConfigError, EXIT_USAGE, ""),
+    (JobNotFound, EXIT_NOT_FOUND, ""),
+    (BackendError, EXIT_BACKEND, ""),
+    (JobConflict, EXIT_CONFLICT, ""),
+    (BananasError, EXIT_USAGE, ""),
+    (OSError, EXIT_FAILURE, ""),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
