@@ -10,10 +10,12 @@ SERVICES := api worker scheduler
 
 .PHONY: install dev test up down status clean
 
-$(STAMP): pyproject.toml plugins/email/pyproject.toml plugins/data/pyproject.toml
+PLUGIN_DIRS := plugins/email plugins/data plugins/http plugins/otel
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGIN_DIRS))
 	@$(PYTHON) -c 'import sys; sys.exit("bananas needs Python 3.10 or newer, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/email -e plugins/data
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(addprefix -e ,$(PLUGIN_DIRS))
 	touch $(STAMP)
 
 install: $(STAMP)  ## create the virtual environment with bananas, its plugins and dev tools
@@ -57,3 +59,7 @@ status:  ## show which background services are running
 
 clean: down  ## remove the virtual environment and service logs
 	rm -rf $(VENV) $(RUN_DIR)
+
+.PHONY: bench
+bench: $(STAMP)  ## benchmark bananas against arq, SAQ, RQ, Dramatiq, Celery, Huey and taskiq (about 15 min; BENCH_ARGS=--quick for a short run)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

@@ -5,14 +5,17 @@ from bananas_core.errors import (
     BackendError,
     BananasError,
     ConfigError,
+    InvalidPayload,
+    JobConflict,
     JobNotFound,
     PermanentError,
     PluginError,
 )
 from bananas_core.hookspecs import hookspec
 from bananas_core.job import Job, JobError, JobStatus, Priority
+from bananas_core.periodic import Schedule
 from bananas_core.plugins import hookimpl
-from bananas_core.registry import HandlerRegistry
+from bananas_core.registry import Handler, HandlerRegistry
 from bananas_core.settings import Settings, load_settings
 
 __version__ = "0.1.0"
@@ -21,8 +24,11 @@ __all__ = [
     "BackendError",
     "BananasError",
     "ConfigError",
+    "Handler",
     "HandlerRegistry",
+    "InvalidPayload",
     "Job",
+    "JobConflict",
     "JobContext",
     "JobError",
     "JobNotFound",
@@ -30,6 +36,7 @@ __all__ = [
     "PermanentError",
     "PluginError",
     "Priority",
+    "Schedule",
     "Settings",
     "hookimpl",
     "hookspec",

@@ -9,24 +9,35 @@ from __future__ import annotations
 from bananas_core.backends.base import Backend
 from bananas_core.job import Job
 from bananas_core.plugins import hookimpl
+from bananas_core.registry import HandlerRegistry
 from bananas_core.retry import exponential_backoff
 from bananas_core.settings import Settings
 
 
-@hookimpl
-def bananas_backend(url: str, settings: Settings) -> Backend | None:
-    scheme = url.split("://", 1)[0]
-    if scheme in ("redis", "rediss", "unix"):
-        from bananas_core.backends.redis import RedisBackend
+class BuiltinPlugin:
+    """Hook implementations of bananas itself, with the registry whose retry policies it applies."""
 
-        return RedisBackend.from_url(url, prefix=settings.KEY_PREFIX, queue=settings.QUEUE)
-    if scheme == "memory":
-        from bananas_core.backends.memory import memory_backend
+    def __init__(self, registry: HandlerRegistry) -> None:
+        self.registry = registry
 
-        return memory_backend(url, prefix=settings.KEY_PREFIX, queue=settings.QUEUE)
-    return None
+    @hookimpl
+    def bananas_backend(self, url: str, settings: Settings) -> Backend | None:
+        scheme = url.split("://", 1)[0]
+        if scheme in ("redis", "rediss", "unix"):
+            from bananas_core.backends.redis import RedisBackend
 
+            return RedisBackend.from_url(url, prefix=settings.KEY_PREFIX, queue=settings.QUEUE)
+        if scheme == "memory":
+            from bananas_core.backends.memory import memory_backend
 
-@hookimpl
-def bananas_retry_delay(job: Job) -> float | bool:
-    return exponential_backoff(job)
+            return memory_backend(url, prefix=settings.KEY_PREFIX, queue=settings.QUEUE)
+        return None
+
+    @hookimpl
+    def bananas_retry_delay(self, job: Job) -> float | bool:
+        # The handler's own retry_policy, else exponential backoff. A job whose handler is not
+        # installed here never reaches the retry policy: it goes to the dead letter queue.
+        handler = self.registry.get(job.name)
+        if handler is not None and handler.retry_policy is not None:
+            return handler.retry_policy.delay(job)
+        return exponential_backoff(job)

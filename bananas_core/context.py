@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import MutableMapping
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.from_thread
+
 from bananas_core.job import Job
+
+PROGRESS_MESSAGE_MAX_CHARS = 500
+
+# The callable that the worker injects to receive progress reports, called with a fraction
+# from 0 to 1 and a message or None. It may return an awaitable, which report_progress awaits.
+ProgressSink = Callable[[float, "str | None"], "Awaitable[None] | None"]
 
 
 class JobLogger(logging.LoggerAdapter):
@@ -31,6 +41,10 @@ class JobContext:
 
     job: Job
     logger: logging.LoggerAdapter  # prefixes every message with the job id and handler name
+    # Injected by the worker. Without a sink, progress reports are dropped, and without a
+    # flag, cancel_requested is always False.
+    progress_sink: ProgressSink | None = None
+    cancel_flag: Callable[[], bool] | None = None  # returns True once cancellation is requested
 
     @property
     def job_id(self) -> str:
@@ -41,3 +55,51 @@ class JobContext:
     def attempt(self) -> int:
         """The number of this run, 1 for the first."""
         return self.job.attempts
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether someone asked to cancel this job, so that a long handler can stop early.
+
+        The worker may also cancel the run itself. The flag lets a handler stop at a point of
+        its choosing, for example between two batches, and clean up.
+        """
+        return self.cancel_flag is not None and bool(self.cancel_flag())
+
+    async def report_progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job is, from 0.0 (started) to 1.0 (done), with an optional message.
+
+        Raises ValueError for a fraction outside 0 to 1 or a message that is not a string.
+        Messages longer than 500 characters are cut. Without a progress sink, the report is
+        dropped.
+        """
+        fraction, message = _check_progress(fraction, message)
+        if self.progress_sink is None:
+            return
+        outcome = self.progress_sink(fraction, message)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    def report_progress_sync(self, fraction: float, message: str | None = None) -> None:
+        """Report progress from a sync handler, which the worker runs in a thread.
+
+        Does what ``report_progress`` does, on the worker's event loop. Raises RuntimeError
+        when called outside a thread that anyio started, such as from a coroutine.
+        """
+        fraction, message = _check_progress(fraction, message)
+        if self.progress_sink is None:
+            return
+        anyio.from_thread.run(self.report_progress, fraction, message)
+
+
+def _check_progress(fraction: object, message: object) -> tuple[float, str | None]:
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not (math.isfinite(fraction) and 0 <= fraction <= 1)
+    ):
+        raise ValueError(f"invalid progress {fraction!r}: expected a number from 0.0 to 1.0")
+    if message is not None and not isinstance(message, str):
+        raise ValueError(f"invalid progress message {message!r}: expected a string or None")
+    if message is not None:
+        message = message[:PROGRESS_MESSAGE_MAX_CHARS]
+    return float(fraction), message

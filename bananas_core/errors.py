@@ -7,6 +7,7 @@
     ├── JobNotFound            no job has the requested id
     ├── JobConflict            the job's state does not allow the operation
     └── PermanentError         raised by a handler: fail the job now, without retries
+        └── InvalidPayload     a payload does not match its handler's schema
 
 redis-py errors are translated into BackendError at the backend boundary, so callers
 catch one type whatever the backend is.
@@ -55,3 +56,16 @@ class JobConflict(BananasError):
     def __init__(self, message: str, job: object) -> None:
         super().__init__(message)
         self.job = job
+
+
+class InvalidPayload(PermanentError):
+    """Raised when a payload does not match the pydantic schema its handler registered.
+
+    ``errors`` lists one ``{"field": "to[0].name", "message": "...", "input": ...}`` per
+    problem, for the API's 422 response. A PermanentError, because the same payload fails
+    the same way on every attempt.
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.errors = errors

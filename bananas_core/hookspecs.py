@@ -2,18 +2,26 @@
 
 Plugins implement these with ``from bananas_core import hookimpl``. Hook implementations may
 accept fewer arguments than a spec lists, so specs grow by gaining arguments without
-breaking existing plugins. Specs are grouped by phase: start-up, execution, lifecycle events.
+breaking existing plugins. Specs are grouped by phase: start-up, services, execution,
+lifecycle events. docs/plugins.md has a section for each spec, headed by its exact signature,
+and tests/test_hookspecs_docs.py checks that the two agree.
+
+A spec to be removed gets ``@hookspec(warn_on_impl=deprecation(...))`` from
+bananas_core.deprecation, so that plugins implementing it warn with the version of removal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
     from bananas_core.backends.base import Backend
+    from bananas_core.context import JobContext
     from bananas_core.job import Job, JobError
+    from bananas_core.periodic import Schedule
     from bananas_core.registry import HandlerRegistry
     from bananas_core.settings import Settings
 
@@ -55,7 +63,140 @@ def bananas_backend(url: str, settings: Settings) -> Backend | None:
     """
 
 
+@hookspec
+def bananas_periodic_jobs(settings: Settings) -> Sequence[Schedule] | None:
+    """Declare jobs that run on a cron schedule.
+
+    Called once per scheduler process at start-up, and by anything that lists the schedules.
+    Return a list of ``bananas_core.periodic.Schedule`` objects, or None for none. Every
+    scheduler enqueues each tick of a schedule exactly once between them, as
+    docs/plugins.md describes.
+
+    Not firstresult: the lists of every plugin are joined with the schedules of the
+    PERIODIC_JOBS setting. An exception or a value other than Schedule objects stops start-up
+    with a PluginError naming the plugin, and two schedules with one name with a ConfigError
+    naming both sources.
+
+    :param settings: all settings, for values such as QUEUE.
+    """
+
+
+@hookspec
+def bananas_cli_commands(subparsers: Any) -> None:
+    """Add commands to the ``bananas`` command line.
+
+    Called once when the ``bananas`` command builds its argument parser, before it parses
+    the arguments. Call ``subparsers.add_parser(name, help=...)`` for each command, add its
+    arguments, and set ``parser.set_defaults(handler=function)``, where ``function(settings,
+    args)`` runs the command and returns its exit status (None counts as 0).
+
+    The return value is ignored. Not firstresult: every plugin is called. A command name that
+    bananas or another plugin already uses, or an exception, stops the command with a
+    PluginError naming the plugin.
+
+    :param subparsers: the argparse sub-command collection; only ``add_parser`` may be used.
+    """
+
+
+# Services: start-up and shutdown of the long-running processes, and the API's routes.
+
+
+@hookspec
+def bananas_worker_startup(worker: Any) -> None:
+    """Prepare a worker before it claims its first job, for example open a connection pool.
+
+    Called once in each worker process, after its backend is created and before the first
+    claim. May be a coroutine function. The return value is ignored. Not firstresult: every
+    plugin is called, the plugin registered last first. An exception stops the worker's
+    start-up with a PluginError naming the plugin, because a plugin that could not start
+    would fail every job.
+
+    :param worker: the ``bananas_core.worker.Worker``; read ``worker.id``, ``worker.settings``
+        and ``worker.backend``.
+    """
+
+
+@hookspec
+def bananas_worker_shutdown(worker: Any) -> None:
+    """Release what ``bananas_worker_startup`` acquired.
+
+    Called once in each worker process after its last job finished or was returned to its
+    queue, before the backend closes. It is also called when the start-up of any plugin
+    failed, so it must cope with its own start-up not having run. May be a coroutine function. The return value is ignored. Not
+    firstresult. An exception is logged with the plugin's name and the other plugins still
+    run.
+
+    :param worker: the ``bananas_core.worker.Worker`` that stops.
+    """
+
+
+@hookspec
+def bananas_api_startup(app: Any) -> None:
+    """Prepare the API before it serves its first request.
+
+    Called once in each API process (and ``bananas dev``) in the application's lifespan
+    start-up. May be a coroutine function. The return value is ignored. Not firstresult. An
+    exception stops the API's start-up with a PluginError naming the plugin.
+
+    :param app: the FastAPI application; ``app.state`` may hold what the plugin opens.
+    """
+
+
+@hookspec
+def bananas_api_shutdown(app: Any) -> None:
+    """Release what ``bananas_api_startup`` acquired.
+
+    Called once in each API process in the lifespan shutdown, after the server stopped
+    taking requests. It is also called when the start-up of any plugin failed, so it must
+    cope with its own start-up not having run. May be a coroutine function. The return value is ignored. Not
+    firstresult. An exception is logged with the plugin's name and the other plugins still
+    run.
+
+    :param app: the FastAPI application.
+    """
+
+
+@hookspec
+def bananas_api_routes(settings: Settings) -> Any:
+    """Add HTTP routes to the API.
+
+    Called once per API process while the application is built, after the built-in routes.
+    Return a ``fastapi.APIRouter``, a list of them, or None for none. Each route gets the
+    API's key check (write scope). Not firstresult: the routers of every plugin are added.
+    A route whose path and method a built-in or another plugin's route has, a plain
+    Starlette route that the key check cannot protect, or an exception stops start-up with
+    a PluginError naming the plugin.
+
+    :param settings: all settings.
+    """
+
+
 # Execution
+
+
+@hookspec
+def bananas_wrap_job(
+    job: Job, context: JobContext, call_next: Callable[[], Awaitable[Any]]
+) -> Awaitable[Any]:
+    """Wrap each run of a job, to time it, trace it, or change its outcome.
+
+    Called in the worker for every run, around the handler: ``await call_next()`` runs the
+    rest of the chain and the handler, with its timeout, and returns the handler's result or
+    raises its error. Must be a coroutine function (``async def``). Return the job's result:
+    usually what ``call_next()`` returned, or another JSON value to replace it. Raise to fail
+    the run, which the retry policy then handles like a handler's error; raise
+    PermanentError to fail it for good. Returning without calling ``call_next`` skips the
+    handler, and calling it twice raises RuntimeError.
+
+    Not firstresult: every implementation wraps the next, and the plugin registered last is
+    the outermost. A wrapper's exception is the run's error, so a wrapper must not catch the
+    cancellation that a timeout, a lost lease or a shutdown delivers (catch Exception, not
+    BaseException).
+
+    :param job: the claimed job, with status processing and ``attempts`` counting this run.
+    :param context: the JobContext that the handler receives.
+    :param call_next: a coroutine function that runs the next wrapper and, last, the handler.
+    """
 
 
 @hookspec(firstresult=True)
@@ -69,7 +210,8 @@ def bananas_retry_delay(job: Job, error: BaseException) -> float | bool | None:
 
     Return a number of seconds (0 or more) to retry after that delay, ``False`` to give up and
     move the job to the dead letter queue, or None to leave the decision to other plugins.
-    The built-in policy retries after 2, 4, 8, ... seconds until ``max_retries`` is reached.
+    The built-in policy applies the ``retry_policy`` that the handler registered with, or
+    retries after 2, 4, 8, ... seconds until ``max_retries`` is reached.
 
     firstresult: the first non-None value wins, and plugins registered later are asked first,
     so any plugin overrides the built-in policy. A policy that raises is logged and the

@@ -42,6 +42,10 @@ _ACCEPTS = {
     "MAX_BATCH_JOBS": "a whole number from 1 to 10000",
     "IDEMPOTENCY_WINDOW": DURATION_HELP + ", at least 1s",
     "WAIT_TIMEOUT_MAX": DURATION_HELP + ", from 1s to 1h",
+    "PLUGINS_ALLOW": "a comma-separated list of entry-point names or distribution names",
+    "PLUGINS_BLOCK": "a comma-separated list of entry-point names, distribution names or PLUGINS modules",
+    "TRACE_HOOKS": "true or false",
+    "PERIODIC_JOBS": "a JSON list of schedule objects, as docs/plugins.md describes",
 }
 
 
@@ -89,6 +93,14 @@ class Settings(BaseSettings):
     IDEMPOTENCY_WINDOW: Duration = Field(86400.0, ge=1)
     # Maximum time one wait request may block, so a client cannot hold a connection forever.
     WAIT_TIMEOUT_MAX: Duration = Field(60.0, ge=1, le=3600)
+    # Entry-point plugins to load: when set, only those named here (by entry-point name or
+    # distribution). Blocked plugins are never imported, also when the allow list names them.
+    PLUGINS_ALLOW: str = Field("", pattern=r"^[A-Za-z0-9_.\-, ]*$")
+    PLUGINS_BLOCK: str = Field("", pattern=r"^[A-Za-z0-9_.\-, ]*$")
+    # Log every hook call, with its arguments and result, to the bananas.hooks logger.
+    TRACE_HOOKS: bool = False
+    # Schedules besides those of the bananas_periodic_jobs hook, checked by bananas_core.periodic.
+    PERIODIC_JOBS: str = ""
 
     @property
     def api_keys(self) -> list[tuple[str, frozenset[str]]]:
