@@ -4,6 +4,8 @@ workers and health."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
@@ -13,7 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import bananas_core
 from bananas_api.auth import READ, WRITE, require_scope
-from bananas_api.errors import ApiError, ErrorDetail, ErrorResponse, UnknownHandler, install_error_handlers
+from bananas_api.errors import (
+    ApiError,
+    ErrorDetail,
+    ErrorResponse,
+    UnknownHandler,
+    install_error_handlers,
+)
 from bananas_api.metrics import ApiMetrics, RejectionCounterMiddleware
 from bananas_api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from bananas_api.models import (
@@ -28,6 +36,8 @@ from bananas_api.models import (
     JobResponse,
     QueueLengths,
     QueuesResponse,
+    ScheduleListResponse,
+    ScheduleResponse,
     StatusResponse,
     SubmittedJob,
     WorkerResponse,
@@ -35,9 +45,10 @@ from bananas_api.models import (
 )
 from bananas_core.backends.base import Backend
 from bananas_core.client import MAX_LIST_LIMIT, Client, JobSpec
-from bananas_core.errors import BackendError, BananasError
+from bananas_core.errors import BackendError, BananasError, InvalidPayload
 from bananas_core.job import Job, JobStatus, now_ms
-from bananas_core.plugins import Plugins
+from bananas_core.periodic import collect_schedules, list_schedules, pause_schedule, resume_schedule
+from bananas_core.plugins import Plugins, add_plugin_routes, service_lifecycle
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,7 +88,13 @@ def create_app(settings: Settings, backend: Backend, plugins: Plugins) -> FastAP
 
     The caller owns ``backend`` and closes it after the server stops.
     """
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with service_lifecycle(plugins.manager, "api", app=app):
+            yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="bananas",
         version=bananas_core.__version__,
         description=(
@@ -101,8 +118,62 @@ def create_app(settings: Settings, backend: Backend, plugins: Plugins) -> FastAP
     _add_read_routes(app, settings, client, read)
     _add_control_routes(app, client, write)
     _add_operation_routes(app, settings, client, metrics, read)
+    _add_schedule_routes(app, settings, backend, plugins, read, write)
+    add_plugin_routes(app, plugins.manager, settings, write)
     _list_handler_names(app, plugins)
     return app
+
+
+def _add_schedule_routes(
+    app: FastAPI, settings: Settings, backend: Backend, plugins: Plugins,
+    read: list[object], write: list[object],
+) -> None:
+    schedules = collect_schedules(plugins.manager, settings, plugins.registry)
+    by_name = {schedule.name: schedule for schedule in schedules}
+
+    @app.get(
+        "/schedules",
+        response_model=ScheduleListResponse,
+        summary="List the periodic schedules with their last and next run",
+        dependencies=read,
+        responses=_GUARDED,
+    )
+    async def get_schedules() -> ScheduleListResponse:
+        states = await list_schedules(backend, schedules)
+        return ScheduleListResponse(schedules=[ScheduleResponse.from_state(state) for state in states])
+
+    async def set_paused(name: str, paused: bool) -> ScheduleResponse:
+        if name not in by_name:
+            raise ApiError(
+                404, "not_found",
+                f"Schedule {name!r} not found. Known schedules: {', '.join(by_name) or 'none'}.",
+            )
+        if paused:
+            await pause_schedule(backend, name)
+        else:
+            await resume_schedule(backend, name)
+        [state] = await list_schedules(backend, [by_name[name]])
+        return ScheduleResponse.from_state(state)
+
+    @app.post(
+        "/schedules/{name}/pause",
+        response_model=ScheduleResponse,
+        summary="Pause a schedule: its ticks enqueue nothing until it is resumed",
+        dependencies=write,
+        responses={404: _error("No schedule has this name."), **_GUARDED},
+    )
+    async def pause(name: str) -> ScheduleResponse:
+        return await set_paused(name, True)
+
+    @app.post(
+        "/schedules/{name}/resume",
+        response_model=ScheduleResponse,
+        summary="Resume a paused schedule from its next tick",
+        dependencies=write,
+        responses={404: _error("No schedule has this name."), **_GUARDED},
+    )
+    async def resume(name: str) -> ScheduleResponse:
+        return await set_paused(name, False)
 
 
 def _list_handler_names(app: FastAPI, plugins: Plugins) -> None:
@@ -231,6 +302,17 @@ async def _submit(client: Client, specs: list[JobSpec]) -> list:  # type: ignore
         return await client.submit_batch(specs)
     except BackendError:
         raise
+    except InvalidPayload as error:
+        # The handler's schema rejected the payload: name each field, as for any 422.
+        raise ApiError(
+            422,
+            "invalid_payload",
+            f"{str(error).capitalize()}.",
+            details=[
+                ErrorDetail(field=f"payload.{problem['field']}", message=str(problem["message"]))
+                for problem in error.errors
+            ],
+        ) from error
     except BananasError as error:
         raise ApiError(422, "invalid_request", f"{str(error).capitalize()}.") from error
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic import (
 from bananas_core.backends.base import QueueCounts, WorkerInfo
 from bananas_core.durations import DURATION_HELP, parse_duration
 from bananas_core.job import Job, JobError, JobStatus, Priority, utc_now
+from bananas_core.periodic import ScheduleState
 
 # A delay past this is almost surely a unit mistake, and a much larger one overflows datetime.
 MAX_DELAY_SECONDS = 366 * 86400.0
@@ -98,9 +100,12 @@ class JobRequest(BaseModel):
         default_factory=dict,
         description="JSON object passed to the handler.",
     )
-    priority: Priority = Field(
-        Priority.normal,
-        description="Queue to wait in: a worker takes every high job before any normal one.",
+    priority: Priority | None = Field(
+        None,
+        description=(
+            "Queue to wait in: a worker takes every high job before any normal one. Defaults to "
+            "the handler's registered priority, else normal."
+        ),
     )
     delay: Delay | None = Field(
         None,
@@ -269,6 +274,10 @@ class JobResponse(BaseModel):
     error: JobError | None = Field(description="The last error a run raised.")
     result: Any = Field(description="The handler's return value once the job completed.")
     payload: dict[str, Any]
+    progress: float | None = Field(
+        None, ge=0, le=1, description="The last progress the running handler reported, from 0 to 1."
+    )
+    progress_message: str | None = Field(None, description="The message of the last progress report.")
     cancel_requested_at: datetime | None = Field(
         None, description="When cancellation of this running job was requested."
     )
@@ -318,3 +327,28 @@ class StatusResponse(BaseModel):
     """Result of a health or readiness check."""
 
     status: str
+
+
+class ScheduleResponse(BaseModel):
+    """A periodic schedule with its state."""
+
+    name: str
+    cron: str = Field(description="Cron expression: five fields, or six with seconds first.")
+    timezone: str = Field(description="IANA time zone the expression is read in.")
+    job: str = Field(description="Handler name of the jobs it enqueues.")
+    queue: str | None
+    catch_up: bool = Field(description="Whether ticks missed while no scheduler ran are run once.")
+    paused: bool
+    last_tick: datetime | None = Field(description="The last tick enqueued, null before the first.")
+    next_tick: datetime
+
+    @classmethod
+    def from_state(cls, state: ScheduleState) -> ScheduleResponse:
+        """Build the response body of one schedule's state."""
+        return cls.model_validate(dataclasses.asdict(state))
+
+
+class ScheduleListResponse(BaseModel):
+    """The periodic schedules that plugins and the PERIODIC_JOBS setting declare."""
+
+    schedules: list[ScheduleResponse]

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from bananas_api.app import create_app
 from bananas_api.auth import check_exposure, is_loopback
 from bananas_core.backends import create_backend
-from bananas_core.plugins import load_plugins, log_plugins
+from bananas_core.plugins import load_configured_plugins, log_plugins
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ async def run_api(settings: Settings) -> None:
     Raises PluginError or ConfigError before serving when a plugin or REDIS_URL is invalid.
     The backend is closed before this returns.
     """
-    plugins = load_plugins(settings.plugin_modules)
+    plugins = load_configured_plugins(settings)
     log_plugins(plugins)
     backend = create_backend(plugins.manager, settings)
     try:

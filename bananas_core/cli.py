@@ -28,7 +28,7 @@ from bananas_core.errors import (
     PluginError,
 )
 from bananas_core.job import JobStatus
-from bananas_core.plugins import Plugins, load_plugins, log_plugins
+from bananas_core.plugins import Plugins, add_plugin_commands, load_configured_plugins, log_plugins
 from bananas_core.settings import Settings, load_settings, redact_url
 
 logger = logging.getLogger("bananas.cli")
@@ -44,6 +44,13 @@ EXIT_CONFLICT = 6  # the job's state does not allow the operation, such as cance
 def main(argv: list[str] | None = None) -> None:
     """Run the command line and exit with its status."""
     parser = _parser()
+    # Plugins may add commands, so they load before the arguments are parsed. If they cannot
+    # load, the built-in commands still parse, and the error is reported after parsing.
+    load_error: BananasError | None = None
+    try:
+        add_plugin_commands(load_configured_plugins(load_settings()).manager, parser.commands)
+    except (ConfigError, PluginError) as error:
+        load_error = error
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
 
     _configure_logging(settings.LOG_LEVEL)
     try:
+        if load_error is not None:
+            raise load_error
         sys.exit(args.handler(settings, args) or 0)
     except (BananasError, OSError) as error:
         # One line, not a traceback, and an exit status per kind of error.
@@ -141,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print as JSON")
     plugins.set_defaults(handler=_plugins)
     _add_job_commands(commands)
+    parser.commands = commands  # type: ignore[attr-defined]  # for add_plugin_commands
     return parser
 
 
@@ -153,7 +163,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _start(settings: Settings) -> Plugins:
-    plugins = load_plugins(settings.plugin_modules)
+    plugins = load_configured_plugins(settings)
     log_plugins(plugins)
     return plugins
 
@@ -304,7 +314,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _plugins(settings: Settings, args: argparse.Namespace) -> int:
-    plugins = load_plugins(settings.plugin_modules)
+    plugins = load_configured_plugins(settings)
     if args.json:
         print(json.dumps([info.__dict__ for info in plugins.infos], indent=2))
         return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from bananas_core.backends import create_backend
 from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
 from bananas_core.errors import BananasError
 from bananas_core.job import Job, JobStatus, Priority, new_job, now_ms
-from bananas_core.plugins import Plugins, load_plugins, notify
+from bananas_core.plugins import Plugins, load_configured_plugins, notify
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,13 @@ class JobSpec:
 
     ``delay`` (seconds) and ``run_at`` are alternatives. ``unique_key`` makes the submission
     idempotent for IDEMPOTENCY_WINDOW: a repeat returns the first job instead of a new one.
-    Unset options take the defaults of the settings.
+    Unset options take the handler's registered defaults, then those of the settings.
     """
 
     name: str
     payload: dict[str, Any] = field(default_factory=dict)
     queue: str | None = None
-    priority: Priority | str = Priority.normal
+    priority: Priority | str | None = None
     delay: float = 0.0
     run_at: datetime | None = None
     max_retries: int | None = None
@@ -75,7 +75,7 @@ class Client:
         self, settings: Settings, *, plugins: Plugins | None = None, backend: Backend | None = None
     ) -> None:
         self.settings = settings
-        self.plugins = plugins or load_plugins(settings.plugin_modules)
+        self.plugins = plugins or load_configured_plugins(settings)
         self.backend = backend or create_backend(self.plugins.manager, settings)
 
     async def __aenter__(self) -> Client:
@@ -90,7 +90,7 @@ class Client:
         payload: dict[str, Any] | None = None,
         *,
         queue: str | None = None,
-        priority: Priority | str = Priority.normal,
+        priority: Priority | str | None = None,
         delay: float = 0.0,
         run_at: datetime | None = None,
         max_retries: int | None = None,
@@ -156,6 +156,17 @@ class Client:
                 f"invalid payload of {where} {spec.payload!r}: expected a JSON object (a dict), "
                 f"not {type(spec.payload).__name__}"
             )
+        # Options the caller left out take the handler's registered defaults first.
+        handler = self.plugins.registry.get(spec.name)
+        defaults = handler.job_defaults() if handler is not None else {}
+        spec = replace(
+            spec,
+            payload=handler.validate_payload(spec.payload) if handler is not None else spec.payload,
+            queue=spec.queue or defaults.get("queue"),
+            priority=spec.priority or defaults.get("priority") or Priority.normal,
+            max_retries=spec.max_retries if spec.max_retries is not None else defaults.get("max_retries"),
+            timeout=spec.timeout if spec.timeout is not None else defaults.get("timeout"),
+        )
         queue = spec.queue or self.settings.QUEUE
         if not QUEUE_PATTERN.match(queue):
             raise BananasError(

@@ -42,7 +42,10 @@ async def run_handler(
     seconds.
     """
     job = context.job
-    arguments = (job.payload, context) if handler.takes_context else (job.payload,)
+    if handler.isolation != "process":
+        # A schema turns the payload into its model here; an isolated child does it itself.
+        payload = handler.prepare_payload(job.payload)
+        arguments = (payload, context) if handler.takes_context else (payload,)
 
     with anyio.move_on_after(job.timeout) as scope:
         if handler.isolation == "process":

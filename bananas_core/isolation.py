@@ -27,7 +27,7 @@ import anyio
 from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import PermanentError
 from bananas_core.job import Job
-from bananas_core.registry import Handler
+from bananas_core.registry import Handler, parse_payload
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ async def run_in_process(handler: Handler, context: JobContext) -> Any:
         "module": handler.function.__module__,
         "qualname": handler.function.__qualname__,
         "takes_context": handler.takes_context,
+        "schema": _import_path(handler.schema) if handler.schema is not None else None,
         "job": job.to_record(),
     }).encode()
     # The child must import the handler's module from the same places the worker does.
@@ -102,10 +103,13 @@ def _child_main() -> None:
     request = json.loads(sys.stdin.read())
     job = Job.from_record(request["job"])
     try:
-        function: Any = importlib.import_module(request["module"])
-        for part in request["qualname"].split("."):
-            function = getattr(function, part)
-        arguments: tuple[Any, ...] = (job.payload,)
+        function = _import(request["module"], request["qualname"])
+        payload: Any = job.payload
+        if request["schema"] is not None:
+            # The same check the worker makes for a handler that is not isolated.
+            schema = _import(*request["schema"])
+            payload = parse_payload(schema, job.payload, handler=job.name)
+        arguments: tuple[Any, ...] = (payload,)
         if request["takes_context"]:
             arguments += (JobContext(job=job, logger=job_logger(job)),)
         result = function(*arguments)
@@ -126,6 +130,17 @@ def _child_main() -> None:
             )
     outcome_stream.write(text)
     outcome_stream.flush()
+
+
+def _import_path(target: Any) -> tuple[str, str]:
+    return target.__module__, target.__qualname__
+
+
+def _import(module: str, qualname: str) -> Any:
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def _failure(type_name: str, message: str, trace: str, permanent: bool) -> str:

@@ -62,6 +62,8 @@ class Job(BaseModel):
     run_at: datetime | None = None  # when a scheduled job is due
     error: JobError | None = None
     result: Any = None
+    progress: float | None = None  # last progress report of the running job, from 0 to 1
+    progress_message: str | None = None
     token: int = 0  # delivery counter: each lease has its own, so a stale worker is fenced off
     worker: str | None = None
 
@@ -93,6 +95,8 @@ class Job(BaseModel):
             "result": None if self.result is None else json.dumps(self.result),
             "token": self.token,
             "worker": self.worker,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
         }
         return json.dumps({k: v for k, v in record.items() if v is not None})
 
@@ -121,6 +125,8 @@ class Job(BaseModel):
             error=JobError.model_validate_json(error) if error else None,
             result=None if result is None else json.loads(result),
             token=int(record.get("token", 0)),
+            progress=record.get("progress"),
+            progress_message=record.get("progress_message"),
             worker=record.get("worker"),
         )
 

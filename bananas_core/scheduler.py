@@ -11,6 +11,7 @@ import anyio
 
 from bananas_core.backends.base import Backend
 from bananas_core.errors import BackendError
+from bananas_core.periodic import collect_schedules, run_due_schedules
 from bananas_core.plugins import Plugins, notify
 from bananas_core.settings import Settings
 
@@ -28,6 +29,9 @@ class Scheduler:
         self.settings = settings
         self.backend = backend
         self.plugins = plugins
+        self.schedules = (
+            collect_schedules(plugins.manager, settings, plugins.registry) if plugins is not None else []
+        )
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._stopped = anyio.Event()
 
@@ -65,7 +69,18 @@ class Scheduler:
         self._stopped.set()
 
     async def tick(self) -> int:
-        """Promote due jobs, return expired leases, and purge old jobs. Returns jobs promoted."""
+        """Promote due jobs, return expired leases, enqueue periodic jobs and purge old jobs.
+
+        Returns the number of jobs promoted.
+        """
+        if self.schedules:
+            await run_due_schedules(
+                self.backend,
+                self.schedules,
+                registry=self.plugins.registry if self.plugins is not None else None,
+                settings=self.settings,
+            )
+
         promoted = 0
         while True:
             moved = await self.backend.promote_due(BATCH)

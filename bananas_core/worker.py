@@ -9,6 +9,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import anyio
@@ -20,7 +21,7 @@ from bananas_core.errors import BackendError, PermanentError
 from bananas_core.execution import JobTimeout, UnknownHandler, describe_error, run_handler
 from bananas_core.job import Job, JobError, JobStatus, from_ms, now_ms, utc_now
 from bananas_core.metrics import JobStats, Outcome
-from bananas_core.plugins import Plugins, notify
+from bananas_core.plugins import Plugins, call_job_wrappers, notify, service_lifecycle
 from bananas_core.retry import exponential_backoff
 from bananas_core.settings import Settings
 
@@ -71,13 +72,14 @@ class Worker:
             services.start_soon(self._renew_leases)
             services.start_soon(self._control)
 
-            with anyio.CancelScope() as self._jobs_scope:
-                async with anyio.create_task_group() as jobs:
-                    with anyio.CancelScope() as self._fetch_scope:
-                        if self._stopping:
-                            self._fetch_scope.cancel()
-                        await self._fetch_loop(jobs)
-                    await self._drain()
+            async with service_lifecycle(self.plugins.manager, "worker", worker=self):
+                with anyio.CancelScope() as self._jobs_scope:
+                    async with anyio.create_task_group() as jobs:
+                        with anyio.CancelScope() as self._fetch_scope:
+                            if self._stopping:
+                                self._fetch_scope.cancel()
+                            await self._fetch_loop(jobs)
+                        await self._drain()
             services.cancel_scope.cancel()
 
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -195,10 +197,17 @@ class Worker:
             "Started job %s:%s attempt %d of %d", job.id, job.name, job.attempts, job.max_retries + 1
         )
         await notify(self.plugins.manager, "bananas_job_started", job=job)
-        context = JobContext(job=job, logger=job_logger(job))
+        context = JobContext(
+            job=job,
+            logger=job_logger(job),
+            cancel_flag=lambda: job.id in self._cancel_requested,
+            progress_sink=partial(self.backend.set_progress, job),
+        )
         started = anyio.current_time()
         try:
-            result = await run_handler(handler, context, self._threads)
+            result = await call_job_wrappers(
+                self.plugins.manager, job, context, lambda: run_handler(handler, context, self._threads)
+            )
         except anyio.get_cancelled_exc_class():
             raise
         except (Exception, SystemExit) as error:
@@ -282,9 +291,9 @@ class Worker:
             decision = self.plugins.manager.hook.bananas_retry_delay(job=job, error=error)
         except Exception:
             logger.exception(
-                "Retry policy raised for job %s:%s; the built-in backoff decides", job.id, job.name
+                "Retry policy raised for job %s:%s; the handler's own policy decides", job.id, job.name
             )
-            decision = exponential_backoff(job)
+            decision = self._fallback_delay(job)
 
         if decision is False or decision is None:
             return None
@@ -295,9 +304,15 @@ class Worker:
                 "Retry policy returned %r for job %s:%s, expected seconds >= 0 or False; "
                 "the built-in backoff decides", decision, job.id, job.name,
             )
-            fallback = exponential_backoff(job)
+            fallback = self._fallback_delay(job)
             return None if fallback is False else float(fallback)
         return float(decision)
+
+    def _fallback_delay(self, job: Job) -> float | bool:
+        handler = self.plugins.registry.get(job.name)
+        if handler is not None and handler.retry_policy is not None:
+            return handler.retry_policy.delay(job)
+        return exponential_backoff(job)
 
     async def _record(self, job: Job, write: Callable[[], Awaitable[bool]]) -> bool:
         """Write a job's outcome, retrying while the backend is unreachable.

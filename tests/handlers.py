@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import redis
+from pydantic import BaseModel
 
 from bananas_core import JobContext, PermanentError, hookimpl
 
@@ -75,6 +76,21 @@ def not_json(payload: dict[str, Any]) -> object:
     return object() if payload.get("kind") != "nan" else float("nan")
 
 
+async def report_progress(payload: dict[str, Any], ctx: JobContext) -> int:
+    steps = payload["steps"]
+    for step in range(1, steps + 1):
+        await ctx.report_progress(step / steps, f"step {step} of {steps}")
+    return steps
+
+
+def wait_for_cancel_flag(payload: dict[str, Any], ctx: JobContext) -> str:
+    """Poll the cancel flag as a long sync handler would between batches."""
+    deadline = time.monotonic() + 20
+    while not ctx.cancel_requested and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "cancelled" if ctx.cancel_requested else "timed out"
+
+
 def cpu_loop(payload: dict[str, Any]) -> None:
     """Spin without ever yielding, as a handler stuck in a computation does."""
     while True:
@@ -90,10 +106,24 @@ def isolated_echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"payload": payload, "attempt": ctx.attempt, "pid": os.getpid()}
 
 
+class Greeting(BaseModel):
+    """Payload schema of the ``greet`` handler."""
+
+    name: str
+    times: int = 1
+
+
+def greet(payload: Greeting) -> str:
+    return " ".join([f"hello {payload.name}"] * payload.times)
+
+
 @hookimpl
 def bananas_register_handlers(registry: Any) -> None:
-    for handler in (echo, record, stamp, async_sleep, blocking_sleep, fail, flaky, exit, reject, not_json):
+    for handler in (echo, record, stamp, async_sleep, blocking_sleep, fail, flaky, exit, reject, not_json,
+                    report_progress, wait_for_cancel_flag):
         registry.register(handler.__name__, handler)
     registry.register("cpu_loop", cpu_loop, isolation="process")
     registry.register("blocking_sleep_isolated", blocking_sleep, isolation="process")
     registry.register("isolated_echo", isolated_echo, isolation="process")
+    registry.register("greet", greet, schema=Greeting, priority="high", max_retries=7, timeout=12)
+

@@ -364,7 +364,7 @@ async def test_get_job_returns_stored_job(client: httpx.AsyncClient) -> None:
     assert set(body) == {
         "id", "name", "queue", "priority", "status", "attempts", "retries", "max_retries",
         "timeout", "created_at", "started_at", "finished_at", "run_at", "error", "result",
-        "payload", "cancel_requested_at",
+        "payload", "progress", "progress_message", "cancel_requested_at",
     }
 
 
@@ -653,3 +653,42 @@ async def test_run_api_stops_on_sigint(caplog: pytest.LogCaptureFixture) -> None
     assert f"API listening on http://127.0.0.1:{port}" in caplog.messages
     assert f"API on http://127.0.0.1:{port} stopped" in caplog.messages
     assert any("tests.handlers" in message for message in caplog.messages)
+
+
+async def test_schema_invalid_payload_is_422_naming_fields(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs", json={"name": "greet", "payload": {"times": "many"}})
+
+    error = assert_error(response, 422, "invalid_payload")
+    fields = {detail["field"] for detail in error["details"]}
+    assert fields == {"payload.name", "payload.times"}
+    assert "greet" in error["message"]
+
+
+async def test_handler_defaults_apply_over_http(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs", json={"name": "greet", "payload": {"name": "Ada"}})
+
+    assert response.status_code == 201, response.text
+    assert response.json()["priority"] == "high"
+    assert response.json()["max_retries"] == 7
+
+
+async def test_schedules_list_pause_and_resume(settings: Settings, backend: Backend, plugins: Plugins) -> None:
+    schedule = '[{"name": "nightly", "cron": "0 3 * * *", "timezone": "Europe/Berlin", "job": "echo"}]'
+    app = create_app(settings.model_copy(update={"PERIODIC_JOBS": schedule}), backend, plugins)
+
+    async with make_client(app) as http:
+        listed = await http.get("/schedules")
+        paused = await http.post("/schedules/nightly/pause")
+        resumed = await http.post("/schedules/nightly/resume")
+        unknown = await http.post("/schedules/weekly/pause")
+
+    assert listed.status_code == 200, listed.text
+    [entry] = listed.json()["schedules"]
+    assert (entry["name"], entry["cron"], entry["timezone"], entry["paused"]) == (
+        "nightly", "0 3 * * *", "Europe/Berlin", False,
+    )
+    assert entry["last_tick"] is None
+    assert paused.json()["paused"] is True
+    assert resumed.json()["paused"] is False
+    error = assert_error(unknown, 404, "not_found")
+    assert "'weekly'" in error["message"]

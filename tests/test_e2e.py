@@ -108,7 +108,9 @@ def test_sigterm_with_running_jobs_loses_nothing(redis_url: str, key_prefix: str
 
     assert exit_code == 0
     assert after_stop[finishing["id"]]["status"] == "completed"
-    assert all(after_stop[job["id"]]["status"] == "pending" for job in unfinished + queued)
+    assert all(after_stop[job["id"]]["status"] == "pending" for job in unfinished)
+    # The slot the finishing job freed may take queued jobs before the SIGTERM arrives.
+    assert all(after_stop[job["id"]]["status"] in ("pending", "completed") for job in queued)
     assert counts["processing"] == 0
     assert all(job["status"] == "completed" for job in finished)
     assert finished[0]["attempts"] == 1

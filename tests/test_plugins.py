@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import logging
 import textwrap
 import uuid
@@ -74,8 +77,6 @@ def test_duplicate_handler_names_both_plugins(tmp_path: Path, group: str) -> Non
     install_fake_distribution(tmp_path, group, "bananas-one", {first: HANDLER_PLUGIN.format(handler="resize")})
     (tmp_path / "second").mkdir()
     install_fake_distribution(tmp_path / "second", group, "bananas-two", {second: HANDLER_PLUGIN.format(handler="resize")})
-    import sys
-
     sys.path.insert(0, str(tmp_path / "second"))
     try:
         with pytest.raises(PluginError) as raised:
@@ -212,3 +213,15 @@ def test_misspelled_hook_is_plugin_error(tmp_path: Path, group: str) -> None:
 
     assert f"plugin {module!r} implements a hook that bananas does not define" in str(raised.value)
     assert "bananas_job_sucess" in str(raised.value)
+
+
+def test_plugin_adds_cli_command() -> None:
+    env = {**os.environ, "PLUGINS": "tests.cli_plugin", "PYTHONPATH": str(Path(__file__).parent.parent)}
+
+    completed = subprocess.run(
+        [sys.executable, "-c", "from bananas_core.cli import main; main()", "hello", "Ada"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+
+    assert completed.stdout == "hello Ada from queue default\n"
+    assert completed.returncode == 7

@@ -14,6 +14,7 @@ import pytest
 from bananas_core.backends import create_backend
 from bananas_core.client import Client
 from bananas_core import hookimpl
+from bananas_core.errors import InvalidPayload
 from bananas_core.job import Job, JobStatus
 from bananas_core.plugins import load_plugins
 from bananas_core.scheduler import Scheduler
@@ -415,3 +416,42 @@ async def test_wait_returns_when_job_finishes(system: System) -> None:
 
     assert finished.status is JobStatus.completed
     assert elapsed < 1.0
+
+
+async def test_progress_reports_reach_the_job(system: System) -> None:
+    job = await system.client.submit("report_progress", {"steps": 4})
+
+    done = await system.wait_for(job)
+
+    assert done.status is JobStatus.completed
+    assert done.progress == 1.0
+    assert done.progress_message == "step 4 of 4"
+
+
+async def test_handler_sees_cancel_request_flag(system: System) -> None:
+    job = await system.client.submit("wait_for_cancel_flag", {})
+    await system.wait_for(job, {JobStatus.processing})
+
+    await system.client.cancel(job.id)
+    cancelled = await system.wait_for(job, {JobStatus.cancelled}, timeout=5)
+
+    assert cancelled.status is JobStatus.cancelled
+
+
+async def test_handler_defaults_and_schema_apply(system: System) -> None:
+    job = await system.client.submit("greet", {"name": "Ada", "times": 2})
+
+    done = await system.wait_for(job)
+
+    assert job.priority.value == "high"
+    assert job.max_retries == 7
+    assert job.timeout == 12
+    assert done.result == "hello Ada hello Ada"
+
+
+async def test_schema_rejects_payload_at_submission(system: System) -> None:
+    with pytest.raises(InvalidPayload) as raised:
+        await system.client.submit("greet", {"times": "many"})
+
+    fields = {problem["field"] for problem in raised.value.errors}
+    assert fields == {"name", "times"}

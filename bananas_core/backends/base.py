@@ -67,6 +67,10 @@ class Backend(abc.ABC):
         """Extend the leases of running jobs. Returns the ids whose lease was lost."""
 
     @abc.abstractmethod
+    async def set_progress(self, job: Job, fraction: float, message: str | None) -> bool:
+        """Store a running job's progress report. Returns False if its lease was lost."""
+
+    @abc.abstractmethod
     async def promote_due(self, limit: int) -> int:
         """Move up to ``limit`` due scheduled jobs to their queues. Returns how many moved."""
 

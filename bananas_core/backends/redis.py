@@ -81,6 +81,7 @@ class RedisBackend(Backend):
                 "promote",
                 "requeue_expired",
                 "purge",
+                "progress",
             )
         }
 
@@ -175,6 +176,14 @@ class RedisBackend(Backend):
         return list(await self._scripts["heartbeat"](
             keys=[self.keys.processing, self.keys.leases], args=args
         ))
+
+    @_translate_errors
+    async def set_progress(self, job: Job, fraction: float, message: str | None) -> bool:
+        """Store a running job's progress. Returns False if the job's lease was lost."""
+        done = await self._scripts["progress"](
+            keys=[self.keys.leases, self.keys.jobs], args=[job.id, job.token, fraction, message or ""]
+        )
+        return bool(done)
 
     @_translate_errors
     async def promote_due(self, limit: int) -> int:
