@@ -21,6 +21,7 @@ from bananas_api.errors import (
     ErrorResponse,
     UnknownHandler,
     install_error_handlers,
+    sentence,
 )
 from bananas_api.metrics import ApiMetrics, RejectionCounterMiddleware
 from bananas_api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
@@ -45,7 +46,7 @@ from bananas_api.models import (
 )
 from bananas_core.backends.base import Backend
 from bananas_core.client import MAX_LIST_LIMIT, Client, JobSpec
-from bananas_core.errors import BackendError, BananasError, InvalidPayload
+from bananas_core.errors import BackendError, BananasError, InvalidPayload, JobConflict
 from bananas_core.job import Job, JobStatus, now_ms
 from bananas_core.periodic import collect_schedules, list_schedules, pause_schedule, resume_schedule
 from bananas_core.plugins import Plugins, add_plugin_routes, service_lifecycle
@@ -300,21 +301,21 @@ def _add_submit_routes(
 async def _submit(client: Client, specs: list[JobSpec]) -> list:  # type: ignore[type-arg]
     try:
         return await client.submit_batch(specs)
-    except BackendError:
+    except (BackendError, JobConflict):
         raise
     except InvalidPayload as error:
         # The handler's schema rejected the payload: name each field, as for any 422.
         raise ApiError(
             422,
             "invalid_payload",
-            f"{str(error).capitalize()}.",
+            sentence(str(error)),
             details=[
                 ErrorDetail(field=f"payload.{problem['field']}", message=str(problem["message"]))
                 for problem in error.errors
             ],
         ) from error
     except BananasError as error:
-        raise ApiError(422, "invalid_request", f"{str(error).capitalize()}.") from error
+        raise ApiError(422, "invalid_request", sentence(str(error))) from error
 
 
 def _add_read_routes(app: FastAPI, settings: Settings, client: Client, guard: list[object]) -> None:
@@ -347,7 +348,7 @@ def _add_read_routes(app: FastAPI, settings: Settings, client: Client, guard: li
             raise ApiError(
                 422,
                 "invalid_request",
-                f"{str(error).capitalize()}.",
+                sentence(str(error)),
                 details=[ErrorDetail(field="cursor", message="Invalid cursor.")],
             ) from error
         return JobListResponse(

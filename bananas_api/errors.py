@@ -273,4 +273,14 @@ def api_error_response(request: Request, error: ApiError) -> JSONResponse:
 
 def job_conflict_response(request: Request, error: JobConflict) -> JSONResponse:
     """Build the 409 response for an operation that the job's state does not allow."""
-    return error_response(409, "conflict", f"{str(error).capitalize()}.")
+    return error_response(409, "conflict", sentence(str(error)))
+
+
+def sentence(text: str) -> str:
+    """Return ``text`` as a sentence: first letter upper case, a final full stop.
+
+    Unlike ``str.capitalize`` it keeps the case of the rest, so names and values in the
+    message stay as the caller wrote them.
+    """
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else text + "."

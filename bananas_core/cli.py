@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from functools import partial
@@ -244,9 +243,10 @@ def _run(main: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None
 def _exit_without_abandoned_threads() -> None:
     # Threads of sync handlers abandoned at their timeout may still run. Their jobs are
     # already recorded, and Python would wait for them at exit, so a stopped service exits now.
-    abandoned = [thread for thread in threading.enumerate() if thread is not threading.main_thread() and thread.is_alive()]
-    if abandoned:
-        logger.warning("Exiting with %d abandoned handler threads still running", len(abandoned))
+    from bananas_core.execution import running_threads
+
+    if running_threads.count:
+        logger.warning("Exiting with %d abandoned handler threads still running", running_threads.count)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

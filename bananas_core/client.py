@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from anyio.from_thread import start_blocking_portal
 
 from bananas_core.backends import create_backend
 from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
-from bananas_core.errors import BananasError
+from bananas_core.errors import BananasError, JobConflict
 from bananas_core.job import Job, JobStatus, Priority, new_job, now_ms
 from bananas_core.plugins import Plugins, load_configured_plugins, notify
 from bananas_core.settings import Settings
@@ -35,6 +36,10 @@ MAX_LIST_LIMIT = 1000
 # mistakes, and huge ones overflow the integer milliseconds of the job record.
 MAX_DELAY_SECONDS = 366 * 86400.0
 MAX_TIMEOUT_SECONDS = 7 * 86400.0
+MIN_TIMEOUT_SECONDS = 0.001  # records keep whole milliseconds, so less would be stored as 0
+# Deeper payloads are rejected before they are stored: JSON libraries and pydantic stop at a
+# few hundred levels, and a stored job that no reader can serialise could never be read.
+MAX_PAYLOAD_DEPTH = 64
 
 
 @dataclass
@@ -138,7 +143,14 @@ class Client:
             jobs, [spec.unique_key for spec in specs], self.settings.IDEMPOTENCY_WINDOW
         )
         submissions = []
-        for job, created in stored:
+        for spec, requested, (job, created) in zip(specs, jobs, stored):
+            if not created and (job.name, job.payload) != (requested.name, requested.payload):
+                # NOTE: in a batch, the other jobs are stored by now; only the reused key fails.
+                raise JobConflict(
+                    f"idempotency key {spec.unique_key!r} was already used for job {job.id} "
+                    f"({job.name}) with another name or payload; use a new key for a new job",
+                    job,
+                )
             if created:
                 logger.info(
                     "Enqueued job %s:%s with priority %s", job.id, job.name, job.priority.value
@@ -156,6 +168,7 @@ class Client:
                 f"invalid payload of {where} {spec.payload!r}: expected a JSON object (a dict), "
                 f"not {type(spec.payload).__name__}"
             )
+        _check_json(spec.payload, where)
         # Options the caller left out take the handler's registered defaults first.
         handler = self.plugins.registry.get(spec.name)
         defaults = handler.job_defaults() if handler is not None else {}
@@ -178,10 +191,10 @@ class Client:
                 f"invalid unique key of {where} {spec.unique_key!r}: expected 1 to 255 visible "
                 "ASCII characters without spaces"
             )
-        if spec.timeout is not None and not 0 < spec.timeout <= MAX_TIMEOUT_SECONDS:
+        if spec.timeout is not None and not MIN_TIMEOUT_SECONDS <= spec.timeout <= MAX_TIMEOUT_SECONDS:
             raise BananasError(
-                f"invalid timeout of {where} {spec.timeout!r}: expected more than 0 and at most "
-                f"{MAX_TIMEOUT_SECONDS:g} seconds"
+                f"invalid timeout of {where} {spec.timeout!r}: expected {MIN_TIMEOUT_SECONDS:g} "
+                f"to {MAX_TIMEOUT_SECONDS:g} seconds"
             )
         if spec.max_retries is not None and not 0 <= spec.max_retries <= 100:
             raise BananasError(f"invalid max_retries of {where} {spec.max_retries!r}: expected 0 to 100")
@@ -375,3 +388,33 @@ class SyncClient:
     def wait(self, job_id: str, timeout: float) -> Job:
         """Wait for the job to finish, as ``Client.wait``."""
         return self._call(self._client.wait, job_id, timeout)
+
+
+def _check_json(payload: dict[str, Any], where: str) -> None:
+    """Raise BananasError unless ``payload`` is strict JSON that every reader can handle."""
+    depth = _depth(payload)
+    if depth > MAX_PAYLOAD_DEPTH:
+        raise BananasError(
+            f"invalid payload of {where}: nested {depth} levels deep, more than the "
+            f"{MAX_PAYLOAD_DEPTH} allowed; flatten it"
+        )
+    try:
+        # NaN and infinity are not JSON, and a lone surrogate is not UTF-8.
+        json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as error:
+        raise BananasError(f"invalid payload of {where}: {error}; send plain JSON values") from None
+
+
+def _depth(value: Any) -> int:
+    # Iterative, so that a very deep payload cannot exhaust the stack here.
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        current, level = stack.pop()
+        if isinstance(current, dict):
+            deepest = max(deepest, level)
+            stack.extend((item, level + 1) for item in current.values())
+        elif isinstance(current, list):
+            deepest = max(deepest, level)
+            stack.extend((item, level + 1) for item in current)
+    return deepest

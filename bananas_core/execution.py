@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import traceback
 from functools import partial
 from typing import Any
@@ -57,7 +58,9 @@ async def run_handler(
             # freed and the thread is abandoned, running on until the function returns; use
             # isolation="process" for handlers that must really stop.
             result = await anyio.to_thread.run_sync(
-                partial(handler.function, *arguments), abandon_on_cancel=True, limiter=limiter
+                partial(_call_in_thread, handler.function, *arguments),
+                abandon_on_cancel=True,
+                limiter=limiter,
             )
     if scope.cancelled_caught:
         raise JobTimeout(f"job {job.id} ({job.name}) exceeded its timeout of {job.timeout:g}s")
@@ -71,6 +74,34 @@ async def run_handler(
             f"serialisable ({error}); return a dict, list, str, finite number, bool or None"
         ) from error
     return result
+
+
+class _RunningThreads:
+    """Count of sync handler calls running in threads, including abandoned ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+
+running_threads = _RunningThreads()
+
+
+def _call_in_thread(function: Any, *arguments: Any) -> Any:
+    with running_threads:
+        return function(*arguments)
 
 
 def describe_error(error: BaseException) -> JobError:

@@ -19,7 +19,7 @@ _ACCEPTS = {
     "API_HOST": "an IP address or host name to bind",
     "API_PORT": "a whole number from 1 to 65535",
     "WORKER_CONCURRENCY": "a whole number from 1 to 10000",
-    "JOB_TIMEOUT": DURATION_HELP + ", greater than zero",
+    "JOB_TIMEOUT": DURATION_HELP + ", at least 1ms",
     "MAX_RETRIES": "a whole number from 0 to 100",
     "LEASE_TIMEOUT": DURATION_HELP + ", at least 1s",
     "POISON_THRESHOLD": "a whole number from 1 to 1000",
@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     API_HOST: str = Field("127.0.0.1", min_length=1)
     API_PORT: int = Field(8080, ge=1, le=65535)
     WORKER_CONCURRENCY: int = Field(5, ge=1, le=10000)
-    JOB_TIMEOUT: Duration = Field(300.0, gt=0)
+    # Records keep whole milliseconds, so a shorter timeout would be stored as 0.
+    JOB_TIMEOUT: Duration = Field(300.0, ge=0.001)
     MAX_RETRIES: int = Field(3, ge=0, le=100)
     # A running job's lease: the worker renews it every third of this, and the scheduler
     # returns the job to its queue when the lease runs out (the worker died).
@@ -132,7 +133,7 @@ def load_settings(**overrides: object) -> Settings:
         name = str(first["loc"][0]) if first["loc"] else "settings"
         # Show the text the user wrote, not the value after parsing (``0.0`` for ``0``).
         value = overrides.get(name, os.environ.get(name, first.get("input")))
-        if isinstance(value, str) and "@" in value:
+        if name == "REDIS_URL" and isinstance(value, str):
             value = redact_url(value)
         if name == "API_KEYS":
             # A raw key pasted in place of its hash must not reach the logs.

@@ -47,6 +47,7 @@ class Worker:
         self._run_scopes: dict[str, anyio.CancelScope] = {}  # cancelled when a lease is lost
         self._cancel_requested: set[str] = set()  # running jobs a caller asked to cancel
         self.stats = JobStats()
+        self._register_failures = 0
         self.started_at = now_ms()
         self._slot_freed = anyio.Event()
         self._stopping = False
@@ -376,8 +377,13 @@ class Worker:
         )
         try:
             await self.backend.register_worker(info, self.settings.LEASE_TIMEOUT)
+            self._register_failures = 0
         except BackendError as error:
-            logger.warning("Worker %s could not register: %s", self.id, error)
+            self._register_failures += 1
+            if self._register_failures == 1 or self._register_failures % 10 == 0:
+                logger.warning(
+                    "Worker %s could not register (failure %d): %s", self.id, self._register_failures, error
+                )
 
     async def _control(self) -> None:
         """Stop running jobs whose cancellation was requested, and flush the job counters."""

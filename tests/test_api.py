@@ -692,3 +692,45 @@ async def test_schedules_list_pause_and_resume(settings: Settings, backend: Back
     assert resumed.json()["paused"] is False
     error = assert_error(unknown, 404, "not_found")
     assert "'weekly'" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ('{"s": "\\ud800"}', "surrogate"),
+        ('{"x": NaN}', "Out of range float values are not JSON compliant"),
+        ('{"x": Infinity}', "Out of range float values are not JSON compliant"),
+        ('{"n": ' + "[" * 100 + "]" * 100 + "}", "nested 101 levels deep"),
+    ],
+)
+async def test_payload_that_is_not_plain_json_is_422(
+    client: httpx.AsyncClient, payload: str, expected: str
+) -> None:
+    body = '{"name": "echo", "payload": ' + payload + "}"
+
+    response = await client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    listed = await client.get("/queues")
+
+    error = assert_error(response, 422, "invalid_request")
+    assert expected in error["message"]
+    assert listed.json()["queues"][0]["normal"] == 0
+
+
+async def test_idempotency_key_reused_for_other_payload_is_409(client: httpx.AsyncClient) -> None:
+    first = await client.post("/jobs", json={"name": "echo", "payload": {"order": 1}}, headers={"Idempotency-Key": "order-1"})
+    again = await client.post("/jobs", json={"name": "echo", "payload": {"order": 1}}, headers={"Idempotency-Key": "order-1"})
+    other = await client.post("/jobs", json={"name": "echo", "payload": {"order": 2}}, headers={"Idempotency-Key": "order-1"})
+
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    error = assert_error(other, 409, "conflict")
+    assert "'order-1'" in error["message"]
+    assert first.json()["id"] in error["message"]
+
+
+async def test_timeout_below_one_millisecond_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs", json={"name": "echo", "timeout": 0.0001})
+
+    error = assert_error(response, 422, "invalid_request")
+    assert "0.0001" in error["message"]

@@ -20,7 +20,7 @@ def client(redis_url: str, key_prefix: str) -> SyncClient:
 
 def test_sync_client_runs_every_operation(client: SyncClient) -> None:
     job = client.submit("echo", {"n": 1}, queue="email", unique_key="once")
-    repeat = client.submit("echo", {"n": 2}, queue="email", unique_key="once")
+    repeat = client.submit("echo", {"n": 1}, queue="email", unique_key="once")
     page = client.list_jobs(queue="email")
     outcome, cancelled = client.cancel(job.id)
 

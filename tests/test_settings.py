@@ -120,3 +120,25 @@ def test_url_scheme_without_backend_is_config_error() -> None:
 
     with pytest.raises(ConfigError, match="no installed plugin provides a backend for this scheme"):
         create_backend(load_plugins().manager, settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:99999/0", "Port out of range"),
+        ("redis://127.0.0.1:6379/0x", "database '0x' is not a number"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=abc", "invalid REDIS_URL"),
+    ],
+)
+def test_malformed_redis_url_is_config_error(url: str, expected: str) -> None:
+    settings = load_settings(REDIS_URL=url)
+
+    with pytest.raises(ConfigError, match=expected):
+        create_backend(load_plugins().manager, settings)
+
+
+def test_queue_name_is_not_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUEUE", "@x")
+
+    with pytest.raises(ConfigError, match="invalid QUEUE='@x'"):
+        load_settings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from urllib.parse import urlsplit
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from bananas_core.backends.keys import (
     worker_info_key,
     workers_key,
 )
-from bananas_core.errors import BackendError, JobConflict, JobNotFound
+from bananas_core.errors import BackendError, ConfigError, JobConflict, JobNotFound
 from bananas_core.job import Job, JobError, JobStatus, now_ms
 from bananas_core.metrics import RUN_SECONDS_BUCKETS, WAIT_SECONDS_BUCKETS, histogram_fields
 from bananas_core.settings import redact_url
@@ -87,20 +88,29 @@ class RedisBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str, queue: str) -> RedisBackend:
-        """Connect to the Redis server at ``url`` (redis://, rediss:// or unix://)."""
+        """Connect to the Redis server at ``url`` (redis://, rediss:// or unix://).
+
+        Raises ConfigError naming the URL, without its password, when it is malformed.
+        """
+        _check_url(url)
         # Timeouts turn a network cut, where no error ever arrives, into a BackendError that
         # the services retry with backoff. Blocking waits use shorter timeouts than these.
         options: dict[str, Any] = {}
         if not url.startswith("unix://"):
             options["socket_keepalive"] = True  # Unix socket connections reject this option
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            health_check_interval=15,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            **options,
-        )
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=15,
+                socket_connect_timeout=SOCKET_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                **options,
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"invalid REDIS_URL={redact_url(url)!r}: {error}; see redis-py's URL format"
+            ) from error
         return cls(client, prefix=prefix, queue=queue, display_url=redact_url(url))
 
     @_translate_errors
@@ -575,3 +585,19 @@ def _decode_job(record: str) -> Job | None:
     except (ValueError, KeyError, TypeError):
         logger.warning("Skipped a job record that cannot be decoded: %.80s", record)
         return None
+
+
+def _check_url(url: str) -> None:
+    # redis-py reports a bad port or database only when it first connects, as a ValueError
+    # deep inside a command; checking here turns it into a start-up error.
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError as error:
+        raise ConfigError(f"invalid REDIS_URL={redact_url(url)!r}: {error}; use a port from 1 to 65535") from None
+    database = parts.path.lstrip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ConfigError(
+            f"invalid REDIS_URL={redact_url(url)!r}: database {database!r} is not a number; "
+            "use a path such as /0"
+        )
