@@ -234,6 +234,7 @@ def _add_submit_routes(
                     "Location": {"description": "Path of the job.", "schema": {"type": "string"}}
                 },
             },
+            409: _error("The idempotency key was used before for another name or payload."),
             413: _error("The body is over MAX_REQUEST_BYTES."),
             422: _error("The body is invalid, or no installed plugin handles the job name."),
             **_GUARDED,
@@ -276,6 +277,7 @@ def _add_submit_routes(
         summary="Submit a batch of jobs: all are stored, or none is",
         dependencies=guard,
         responses={
+            409: _error("A unique key was used before for another name or payload."),
             413: _error("The body is over MAX_REQUEST_BYTES."),
             422: _error("A job is invalid, the batch is over MAX_BATCH_JOBS, or its jobs name "
                         "different queues. Nothing was stored."),
