@@ -12,7 +12,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
+
+if sys.version_info < (3, 11):  # pragma: no cover - the builtin arrived in 3.11
+    from exceptiongroup import BaseExceptionGroup
 
 import anyio
 
@@ -75,12 +78,29 @@ def main(argv: list[str] | None = None) -> None:
             raise load_error
         sys.exit(args.handler(settings, args) or 0)
     except (BananasError, OSError) as error:
-        # One line, not a traceback, and an exit status per kind of error.
-        for kind, status, label in _ERROR_EXITS:
-            if isinstance(error, kind):
-                print(f"bananas: {label}{error}", file=sys.stderr)
-                sys.exit(status)
+        _exit_for(error)
+    except BaseExceptionGroup as group:
+        # A task group wraps the error of a failed service, such as a plugin's start-up hook.
+        for error in _leaves(group):
+            if isinstance(error, (BananasError, OSError)):
+                _exit_for(error)
         raise
+
+
+def _exit_for(error: BaseException) -> NoReturn:
+    """Print one line for ``error`` and exit with the status of its kind."""
+    for kind, status, label in _ERROR_EXITS:
+        if isinstance(error, kind):
+            print(f"bananas: {label}{error}", file=sys.stderr)
+            sys.exit(status)
+    raise error
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        leaves += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return leaves
 
 
 # The first matching class decides, so subclasses come before BananasError. A BananasError of

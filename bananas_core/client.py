@@ -208,6 +208,11 @@ class Client:
                 raise BananasError(f"invalid {where}: set delay or run_at, not both")
             run_at = spec.run_at if spec.run_at.tzinfo else spec.run_at.replace(tzinfo=timezone.utc)
             delay = max(run_at.timestamp() * 1000 - now_ms(), 0) / 1000
+            if delay > MAX_DELAY_SECONDS:
+                raise BananasError(
+                    f"invalid run_at of {where} {run_at.isoformat()}: at most "
+                    f"{MAX_DELAY_SECONDS / 86400:g} days ahead"
+                )
         job = new_job(
             spec.name,
             spec.payload,

@@ -60,8 +60,9 @@ class JobContext:
     def cancel_requested(self) -> bool:
         """Whether someone asked to cancel this job, so that a long handler can stop early.
 
-        The worker may also cancel the run itself. The flag lets a handler stop at a point of
-        its choosing, for example between two batches, and clean up.
+        The worker sets the flag and cancels the run together. An async handler is cancelled at
+        its next ``await``, so the flag serves sync handlers, whose thread cannot be cancelled:
+        they can check it between two batches, clean up and return.
         """
         return self.cancel_flag is not None and bool(self.cancel_flag())
 

@@ -1,6 +1,7 @@
 """Job counters shared by the workers that record them and the API that exports them.
 
-Workers add to one Redis hash (``keys.job_metrics_key``) through ``Backend.record_job``, so
+Workers batch their increments (``JobStats``) and add them to one Redis hash
+(``keys.job_metrics_key``) through ``Backend.add_job_metrics`` every second, so
 every API process exports the same totals whichever worker ran a job. Labels are the queue
 and the handler name, never the job id, so the number of series stays bounded by the
 registered handlers.

@@ -48,6 +48,7 @@ class Worker:
         self._cancel_requested: set[str] = set()  # running jobs a caller asked to cancel
         self.stats = JobStats()
         self._register_failures = 0
+        self._control_failures = 0
         self.started_at = now_ms()
         self._slot_freed = anyio.Event()
         self._stopping = False
@@ -394,8 +395,14 @@ class Worker:
                 continue
             try:
                 requested = await self.backend.cancel_requests(list(self.running.values()))
+                self._control_failures = 0
             except BackendError as error:
-                logger.warning("Worker %s could not read cancel requests: %s", self.id, error)
+                self._control_failures += 1
+                if self._control_failures == 1 or self._control_failures % 10 == 0:
+                    logger.warning(
+                        "Worker %s could not read cancel requests (failure %d): %s",
+                        self.id, self._control_failures, error,
+                    )
                 continue
             for job_id in requested:
                 scope = self._run_scopes.get(job_id)
@@ -420,8 +427,9 @@ class Worker:
         try:
             await self.backend.add_job_metrics(increments)
         except BackendError as error:
+            # The increments wait for the next flush; the outage is logged by the other loops.
             self.stats.restore(increments)
-            logger.warning("Worker %s could not flush job metrics: %s", self.id, error)
+            logger.debug("Worker %s could not flush job metrics: %s", self.id, error)
 
     async def _backoff(self, action: str, error: BackendError, failures: int) -> None:
         delay = min(0.1 * 2 ** (failures - 1), BACKOFF_MAX)

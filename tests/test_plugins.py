@@ -225,3 +225,23 @@ def test_plugin_adds_cli_command() -> None:
 
     assert completed.stdout == "hello Ada from queue default\n"
     assert completed.returncode == 7
+
+
+def test_failing_worker_startup_hook_exits_3_with_one_line() -> None:
+    env = {
+        **os.environ,
+        "PLUGINS": "tests.failing_startup_plugin",
+        "REDIS_URL": "memory://startup-test",
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "LOG_LEVEL": "ERROR",
+    }
+
+    completed = subprocess.run(
+        [sys.executable, "-c", "from bananas_core.cli import main; main()", "worker"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+
+    assert completed.returncode == 3
+    assert "Traceback" not in completed.stderr
+    assert "plugin 'tests.failing_startup_plugin' failed in bananas_worker_startup" in completed.stderr
+    assert "cannot reach the reports database" in completed.stderr

@@ -79,7 +79,8 @@ class Backend(abc.ABC):
         """Return up to ``limit`` jobs with an expired lease to the head of their queues.
 
         A job whose lease expired ``poison_threshold`` times goes to the dead letter queue
-        instead. Returns ``(job id, "requeued" or "dead")`` for each job handled.
+        instead, and one whose cancellation was requested is cancelled. Returns
+        ``(job id, "requeued", "dead" or "cancelled")`` for each job handled.
         """
 
     @abc.abstractmethod

@@ -209,7 +209,7 @@ class RedisBackend(Backend):
         flat = await self._scripts["requeue_expired"](
             keys=[k.processing, k.leases, *k.priority_lists, k.jobs, k.wakeup, k.dead,
                   cancel_requests_key(self.prefix, self.queue), cancelled_key(self.prefix, self.queue)],
-            args=[limit, WAKEUP_TOKENS_MAX, poison_threshold],
+            args=[limit, WAKEUP_TOKENS_MAX, poison_threshold, finished_channel(self.prefix, self.queue)],
         )
         return list(zip(flat[::2], flat[1::2]))
 
@@ -554,9 +554,7 @@ class RedisBackend(Backend):
 FINAL_STATUSES = frozenset({JobStatus.completed, JobStatus.dead, JobStatus.cancelled})
 
 # A waiting request reads its job at least this often, because pub/sub drops messages sent
-# while a subscriber reconnects.
-# NOTE: complete.lua and fail.lua do not publish to the finished channel yet, so until they
-# do a wait for a completed or dead job ends at one of these reads, up to 1 s late.
+# while a subscriber reconnects. Every script that ends a job publishes, so this is a fallback.
 WAIT_RECHECK_SECONDS = 1.0
 
 SWEEP_BATCH = 500  # dead jobs one sweep_dead script call reads

@@ -3,7 +3,7 @@
 -- instead, so that a job that kills its worker cannot kill workers forever.
 -- A job whose cancellation was requested is cancelled instead of run again.
 -- KEYS: processing, leases, high, normal, low, jobs, wakeup, dead, cancel requests, cancelled
--- ARGV: max jobs, wakeup token limit, poison threshold
+-- ARGV: max jobs, wakeup token limit, poison threshold, finished channel
 -- Returns the ids handled as a flat list of pairs: id, 'requeued', 'dead' or 'cancelled'.
 local lists = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
 -- Times come from the Redis server's clock, so the clocks of workers and schedulers need not agree.
@@ -31,6 +31,7 @@ for _, id in ipairs(ids) do
       job.status = 'cancelled'
       job.finished_at = now
       redis.call('ZADD', KEYS[10], now, id)
+      redis.call('PUBLISH', ARGV[4], id)
       handled[#handled + 1] = id
       handled[#handled + 1] = 'cancelled'
     elseif job.crashes >= threshold then
@@ -43,6 +44,7 @@ for _, id in ipairs(ids) do
         traceback = '',
       })
       redis.call('ZADD', KEYS[8], now, id)
+      redis.call('PUBLISH', ARGV[4], id)
       handled[#handled + 1] = id
       handled[#handled + 1] = 'dead'
     else
