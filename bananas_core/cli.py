@@ -395,6 +395,19 @@ def _add_job_commands(commands: Any) -> None:
         sweep.add_argument("--json", action="store_true", help=json_help)
         sweep.set_defaults(handler=_dead_sweep)
 
+    schedules = commands.add_parser("schedules", help="list, pause or resume periodic schedules")
+    schedules.add_argument("--json", action="store_true", help=json_help)
+    schedules.set_defaults(handler=_schedules, action="list", name=None)
+    schedule_actions = schedules.add_subparsers(dest="action", metavar="ACTION")
+    for action, help_text in (
+        ("pause", "stop a schedule from enqueueing jobs until it is resumed"),
+        ("resume", "let a paused schedule enqueue again from its next tick"),
+    ):
+        change = schedule_actions.add_parser(action, help=help_text)
+        change.add_argument("name", help="schedule name, as 'bananas schedules' lists it")
+        change.add_argument("--json", action="store_true", help=json_help)
+        change.set_defaults(handler=_schedules)
+
 
 def _parse_time(text: str) -> datetime:
     try:
@@ -403,6 +416,42 @@ def _parse_time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"invalid time {text!r}: expected ISO 8601 such as 2030-01-01T09:00:00Z"
         ) from error
+
+
+def _schedules(settings: Settings, args: argparse.Namespace) -> int:
+    from bananas_core.periodic import collect_schedules, list_schedules, pause_schedule, resume_schedule
+
+    async def run(client: Any) -> None:
+        schedules = collect_schedules(client.plugins.manager, settings, client.plugins.registry)
+        if args.action in ("pause", "resume"):
+            chosen = [schedule for schedule in schedules if schedule.name == args.name]
+            if not chosen:
+                known = ", ".join(schedule.name for schedule in schedules) or "none"
+                raise ScheduleNotFound(f"schedule {args.name!r} not found; known schedules: {known}")
+            change = pause_schedule if args.action == "pause" else resume_schedule
+            await change(client.backend, args.name)
+            schedules = chosen
+        states = await list_schedules(client.backend, schedules)
+        if args.json:
+            print(json.dumps([dataclasses.asdict(state) for state in states], indent=2, default=_iso))
+            return
+        for state in states:
+            last = state.last_tick.isoformat() if state.last_tick else "never"
+            print(f"{state.name}  {state.cron} ({state.timezone})  job {state.job}  "
+                  f"{'paused' if state.paused else 'active'}  last {last}  next {state.next_tick.isoformat()}")
+
+    return _with_client(settings, run)
+
+
+def _iso(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+class ScheduleNotFound(JobNotFound):
+    """Raised when no schedule has the requested name; exits with the not-found status."""
+
+    def __init__(self, message: str) -> None:
+        BananasError.__init__(self, message)
 
 
 def _with_client(settings: Settings, operation: Callable[[Any], Awaitable[None]]) -> int:

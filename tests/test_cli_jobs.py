@@ -121,3 +121,22 @@ def test_unreachable_redis_exits_5(run: Any, monkeypatch: pytest.MonkeyPatch) ->
 
     assert code == EXIT_BACKEND
     assert "127.0.0.1:1" in err
+
+
+def test_schedules_list_pause_resume(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "PERIODIC_JOBS", '[{"name": "nightly", "cron": "0 3 * * *", "timezone": "Europe/Berlin", "job": "echo"}]'
+    )
+
+    listed = run("schedules", "--json")
+    paused = run("schedules", "pause", "nightly", "--json")
+    resumed = run("schedules", "resume", "nightly", "--json")
+    missing = run("schedules", "pause", "weekly")
+
+    assert listed[0] == 0
+    [entry] = json.loads(listed[1])
+    assert (entry["name"], entry["paused"]) == ("nightly", False)
+    assert json.loads(paused[1])[0]["paused"] is True
+    assert json.loads(resumed[1])[0]["paused"] is False
+    assert missing[0] == EXIT_NOT_FOUND
+    assert "schedule 'weekly' not found; known schedules: nightly" in missing[2]
