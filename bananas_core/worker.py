@@ -147,7 +147,7 @@ class Worker:
                 jobs.start_soon(self._run_job, job, name=f"job {job.id}")
 
     async def _drain(self) -> None:
-        # Running jobs get SHUTDOWN_GRACE to finish; the rest are cancelled and released.
+        # Running jobs get SHUTDOWN_GRACE to finish, and the rest are cancelled and released.
         with anyio.move_on_after(self.settings.SHUTDOWN_GRACE):
             while self.running:
                 self._slot_freed = anyio.Event()
@@ -213,7 +213,7 @@ class Worker:
         except anyio.get_cancelled_exc_class():
             raise
         except (Exception, SystemExit) as error:
-            # SystemExit from a handler fails its job; it must not end the worker.
+            # SystemExit from a handler fails its job instead of ending the worker.
             await self._handle_failure(job, error)
             return
 
@@ -286,7 +286,7 @@ class Worker:
         await notify(self.plugins.manager, "bananas_job_dead", job=job, error=details)
 
     def _retry_delay(self, job: Job, error: BaseException) -> float | None:
-        """Ask the retry policy plugins for the delay before the next run; None gives up."""
+        """Ask the retry policy plugins for the delay before the next run. None means give up."""
         if isinstance(error, JobTimeout):
             error = TimeoutError(str(error))
         try:
