@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run jobs from the queues")
     worker.add_argument("--concurrency", type=int, help="jobs at once (overrides WORKER_CONCURRENCY)")
+    worker.add_argument(
+        "--processes", type=int, default=1,
+        help="worker processes to run under one supervisor, for example one per core (default 1)",
+    )
     worker.set_defaults(handler=_run_worker)
 
     scheduler = commands.add_parser("scheduler", help="move due and expired jobs back to the queues")
@@ -189,6 +193,15 @@ def _start(settings: Settings) -> Plugins:
 
 def _run_worker(settings: Settings, args: argparse.Namespace) -> int:
     from bananas_core.worker import Worker
+
+    if args.processes < 1:
+        raise ConfigError(f"invalid --processes {args.processes}: expected 1 or more")
+    if args.processes > 1:
+        from bananas_core.supervisor import supervise
+
+        # Each child reads the same environment; --concurrency is passed on as given.
+        extra = [] if args.concurrency is None else ["--concurrency", str(args.concurrency)]
+        return supervise(args.processes, extra)
 
     plugins = _start(settings)
     backend = create_backend(plugins.manager, settings)

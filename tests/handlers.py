@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import redis
+import redis.asyncio
 from pydantic import BaseModel
 
 from bananas_core import JobContext, PermanentError, hookimpl
@@ -51,6 +52,17 @@ def stamp(payload: dict[str, Any]) -> str:
     if payload.get("fail"):
         raise RuntimeError(f"stamp {payload.get('tag')} failed on purpose")
     return payload.get("tag", "")
+
+
+async def stamp_pid(payload: dict[str, Any]) -> int:
+    """Add this worker's pid to the Redis set ``key``, then sleep ``seconds``."""
+    client = redis.asyncio.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        await client.sadd(payload["key"], os.getpid())
+    finally:
+        await client.aclose()
+    await anyio.sleep(payload.get("seconds", 0))
+    return os.getpid()
 
 
 def fail(payload: dict[str, Any]) -> None:
@@ -120,7 +132,7 @@ def greet(payload: Greeting) -> str:
 @hookimpl
 def bananas_register_handlers(registry: Any) -> None:
     for handler in (echo, record, stamp, async_sleep, blocking_sleep, fail, flaky, exit, reject, not_json,
-                    report_progress, wait_for_cancel_flag):
+                    report_progress, wait_for_cancel_flag, stamp_pid):
         registry.register(handler.__name__, handler)
     registry.register("cpu_loop", cpu_loop, isolation="process")
     registry.register("blocking_sleep_isolated", blocking_sleep, isolation="process")

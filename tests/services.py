@@ -38,10 +38,13 @@ class Services:
 
     def start(self, service: str, name: str | None = None, **extra_env: str) -> subprocess.Popen[bytes]:
         """Start ``bananas SERVICE`` as a process known as ``name`` (default: the service)."""
-        name = name or service
+        return self.start_command([service], name or service, **extra_env)
+
+    def start_command(self, arguments: list[str], name: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        """Start ``bananas ARGUMENTS...`` as a process known as ``name``."""
         log = open(self.log_dir / f"{name}.log", "ab")
         process = subprocess.Popen(
-            [BANANAS, service], env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            [BANANAS, *arguments], env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
         log.close()
         self.processes[name] = process

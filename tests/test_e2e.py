@@ -3,6 +3,8 @@ on real Redis, driven over HTTP the way a user drives them."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +116,49 @@ def test_sigterm_with_running_jobs_loses_nothing(redis_url: str, key_prefix: str
     assert counts["processing"] == 0
     assert all(job["status"] == "completed" for job in finished)
     assert finished[0]["attempts"] == 1
+
+
+def test_worker_processes_share_the_queue(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    services = make_services(redis_url, key_prefix, tmp_path, WORKER_CONCURRENCY="2")
+    key = f"{key_prefix}:pids"
+    try:
+        services.start("api")
+        supervisor = services.start_command(["worker", "--processes", "3"], "worker")
+        services.wait_until_api_answers()
+        jobs = [services.submit("stamp_pid", {"key": key, "seconds": 0.3}) for _ in range(12)]
+        finished = [services.wait_for(job["id"]) for job in jobs]
+        pids = set(services.redis.smembers(key))
+        exit_code = services.stop("worker")
+    finally:
+        services.close()
+
+    assert all(job["status"] == "completed" for job in finished)
+    assert len(pids) == 3
+    assert supervisor.pid not in {int(pid) for pid in pids}
+    assert exit_code == 0
+
+
+def test_supervisor_restarts_a_killed_worker(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    services = make_services(redis_url, key_prefix, tmp_path, WORKER_CONCURRENCY="1", LEASE_TIMEOUT="2s")
+    key = f"{key_prefix}:pids"
+    try:
+        services.start("api")
+        services.start("scheduler")
+        services.start_command(["worker", "--processes", "2"], "worker")
+        services.wait_until_api_answers()
+        first = [services.submit("stamp_pid", {"key": key, "seconds": 0.3}) for _ in range(6)]
+        for job in first:
+            services.wait_for(job["id"])
+        victim = int(next(iter(services.redis.smembers(key))))
+        os.kill(victim, signal.SIGKILL)
+        services.redis.delete(key)
+
+        later = [services.submit("stamp_pid", {"key": key, "seconds": 0.3}) for _ in range(8)]
+        finished = [services.wait_for(job["id"]) for job in later]
+        pids = {int(pid) for pid in services.redis.smembers(key)}
+    finally:
+        services.close()
+
+    assert all(job["status"] == "completed" for job in finished)
+    assert victim not in pids
+    assert len(pids) == 2
