@@ -734,3 +734,13 @@ async def test_timeout_below_one_millisecond_is_422(client: httpx.AsyncClient) -
 
     error = assert_error(response, 422, "invalid_request")
     assert "0.0001" in error["message"]
+
+
+def test_listening_socket_disables_nagle() -> None:
+    from bananas_api.server import _bind
+
+    server = _bind("127.0.0.1", 0)
+    try:
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        server.close()
