@@ -1,0 +1,1 @@
+"""Benchmarks of bananas against other Python Redis job queues; run with ``make bench``."""

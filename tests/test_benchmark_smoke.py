@@ -1,0 +1,113 @@
+"""Smoke test of the benchmark harness: the bananas workloads with tiny counts.
+
+The harness starts its own redis-server on a free loopback port, so this test needs the
+redis-server binary but neither the shared Redis nor the peer queues' environments. It checks
+that every workload produces figures and makes no claim about their size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# It starts bananas workers and the API as processes, like the end-to-end tests.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS = 50
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed in CI; the benchmark smoke test needs it")
+        pytest.skip("redis-server is not installed; the benchmark harness starts its own")
+
+    output = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--queues",
+        "bananas",
+        "--jobs",
+        str(JOBS),
+        "--latency-jobs",
+        "20",
+        "--reps",
+        "1",
+        "--worker-processes",
+        "2",
+        "--http-seconds",
+        "1",
+        "--http-tool",
+        "httpx",
+        "--http-max-requests",
+        "50",
+        "--output",
+        str(output),
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=80, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "## Throughput" in completed.stdout
+    return json.loads((output / "results.json").read_text())
+
+
+def test_smoke_run_has_no_errors(results: dict) -> None:
+    bananas = results["queues"]["bananas"]
+
+    assert bananas.get("errors") is None
+    assert bananas["versions"]["bananas"]
+
+
+def test_smoke_drain_figures(results: dict) -> None:
+    (drain,) = results["queues"]["bananas"]["drain"]
+
+    assert drain["runs"] == JOBS
+    assert drain["completed_records"] == JOBS
+    assert drain["enqueue_rate"] > 0
+    assert drain["drain_rate"] > 0
+    assert drain["queued_bytes_per_job"] > 0
+    assert drain["worker_rss"] > 0
+
+
+def test_smoke_multi_process_drain(results: dict) -> None:
+    (drain,) = results["queues"]["bananas"]["drain_multi"]
+
+    assert drain["processes"] == 2
+    assert drain["runs"] == JOBS
+    assert drain["drain_rate"] > 0
+
+
+def test_smoke_command_counts(results: dict) -> None:
+    (commands,) = results["queues"]["bananas"]["commands"]
+
+    assert commands["per_command"]["evalsha"] > 0
+    assert commands["round_trips_per_job"] > 0
+
+
+def test_smoke_latency_figures(results: dict) -> None:
+    latency = results["queues"]["bananas"]["latency"]
+    (run,) = latency["runs"]
+
+    assert run["missing"] == 0
+    assert run["p50_ms"] > 0
+    assert run["p99_ms"] >= run["p50_ms"]
+    assert latency["idle_rss"] > 0
+
+
+def test_smoke_http_figures(results: dict) -> None:
+    (run,) = results["queues"]["bananas"]["http"]
+
+    assert run["requests"] > 0
+    assert run["errors"] == 0
+    assert run["stored"] == run["requests"]
