@@ -292,8 +292,8 @@ def bananas_job_dead(job: Job, error: JobError) -> None:
     """Observe a job moved to the dead letter queue.
 
     Called in the worker after the backend moved it, when retries are used up, the handler
-    raised PermanentError, or no installed plugin handles the job's name; and in the
-    scheduler when it dead-letters a poison job. Not firstresult. The return value is ignored.
+    raised PermanentError, or no installed plugin handles the job's name. The scheduler calls
+    it too when it dead-letters a poison job. Not firstresult. The return value is ignored.
 
     :param job: the job, with status dead.
     :param error: the error that ended it.

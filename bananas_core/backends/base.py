@@ -97,7 +97,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> None:
-        """Check that the storage answers. Raises BackendError."""
+        """Check that the storage responds. Raises BackendError."""
 
     @abc.abstractmethod
     async def close(self) -> None:
