@@ -322,7 +322,13 @@ class Worker:
         Gives up after one lease period: by then the scheduler has returned the job to its
         queue, and a late write would be rejected by its stale delivery token anyway.
         """
-        failures = 0
+        # The first write goes without a deadline scope: a scope costs a few microseconds on
+        # every job, and it only matters once the backend fails.
+        try:
+            return await write()
+        except BackendError as error:
+            failures = 1
+            await self._backoff(f"record job {job.id}", error, failures)
         with anyio.move_on_after(self.settings.LEASE_TIMEOUT):
             while True:
                 try:
