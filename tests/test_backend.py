@@ -230,8 +230,8 @@ async def test_wait_for_jobs_wakes_on_enqueue(backend: Backend) -> None:
 async def test_every_key_shares_the_queue_hash_tag(redis_url: str, key_prefix: str) -> None:
     store = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="reports")
     try:
-        await store.enqueue(make_job())
-        await store.enqueue(make_job(delay=60))
+        await store.enqueue(make_job().model_copy(update={"queue": "reports"}))
+        await store.enqueue(make_job(delay=60).model_copy(update={"queue": "reports"}))
         [leased] = await store.claim(1, "w", 30)
         await store.fail(leased, JobError(type="E", message="x"), None)
         keys = [key async for key in store.client.scan_iter(match=f"{key_prefix}:*")]

@@ -34,7 +34,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def enqueue(self, job: Job) -> tuple[Job, bool]:
-        """Store a new job in its priority queue, or in the scheduled set if ``run_at`` is set.
+        """Store a new job in the priority list of its queue, or in the scheduled set if ``run_at`` is set.
 
         Returns the stored job and True, or the job that already has this id and False.
         """

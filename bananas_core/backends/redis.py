@@ -69,11 +69,9 @@ class RedisBackend(Backend):
         self.queue = queue
         self.keys = QueueKeys(prefix, queue)
         self.display_url = display_url
-        self._queue_known = False
         self._scripts = {
             name: client.register_script(_load_script(name))
             for name in (
-                "enqueue",
                 "claim",
                 "complete",
                 "fail",
@@ -115,21 +113,9 @@ class RedisBackend(Backend):
 
     @_translate_errors
     async def enqueue(self, job: Job) -> tuple[Job, bool]:
-        k = self.keys
-        if not self._queue_known:
-            await self.client.sadd(queues_key(self.prefix), self.queue)
-            self._queue_known = True
-
-        run_at = 0
-        if job.run_at is not None:
-            run_at = round(job.run_at.timestamp() * 1000)
-        existing = await self._scripts["enqueue"](
-            keys=[k.jobs, k.for_priority(job.priority), k.scheduled, k.wakeup],
-            args=[job.id, job.to_record(), run_at, WAKEUP_TOKENS_MAX],
-        )
-        if existing:
-            return Job.from_record(existing), False
-        return job, True
+        # One job is a batch of one, so there is one script that stores jobs.
+        [(stored, created)] = await self.submit_jobs([job], [None], 0)
+        return stored, created
 
     @_translate_errors
     async def claim(self, count: int, worker: str, lease: float) -> list[Job]:
@@ -294,7 +280,11 @@ class RedisBackend(Backend):
             args += [job.id, job.to_record(), run_at, list_index[job.priority.value], unique_index]
 
         results = await self._extra_script("submit")(keys=keys, args=args)
-        return [(Job.from_record(record), bool(created)) for record, created in results]
+        # A stored job is the one sent, so only an existing job's record needs decoding.
+        return [
+            (job, True) if created else (Job.from_record(record), False)
+            for job, (record, created) in zip(jobs, results)
+        ]
 
     @_translate_errors
     async def list_jobs(
