@@ -46,9 +46,9 @@ from bananas_api.models import (
 )
 from bananas_core.backends.base import Backend
 from bananas_core.client import MAX_LIST_LIMIT, Client, JobSpec
-from bananas_core.errors import BackendError, BananasError, InvalidPayload, JobConflict
+from bananas_core.errors import BackendError, BananasError, InvalidPayload, JobConflict, ScheduleNotFound
 from bananas_core.job import Job, JobStatus, now_ms
-from bananas_core.periodic import collect_schedules, list_schedules, pause_schedule, resume_schedule
+from bananas_core.periodic import collect_schedules, list_schedules, set_schedule_paused
 from bananas_core.plugins import Plugins, add_plugin_routes, service_lifecycle
 from bananas_core.settings import Settings
 
@@ -130,7 +130,6 @@ def _add_schedule_routes(
     read: list[object], write: list[object],
 ) -> None:
     schedules = collect_schedules(plugins.manager, settings, plugins.registry)
-    by_name = {schedule.name: schedule for schedule in schedules}
 
     @app.get(
         "/schedules",
@@ -144,16 +143,10 @@ def _add_schedule_routes(
         return ScheduleListResponse(schedules=[ScheduleResponse.from_state(state) for state in states])
 
     async def set_paused(name: str, paused: bool) -> ScheduleResponse:
-        if name not in by_name:
-            raise ApiError(
-                404, "not_found",
-                f"Schedule {name!r} not found. Known schedules: {', '.join(by_name) or 'none'}.",
-            )
-        if paused:
-            await pause_schedule(backend, name)
-        else:
-            await resume_schedule(backend, name)
-        [state] = await list_schedules(backend, [by_name[name]])
+        try:
+            state = await set_schedule_paused(backend, schedules, name, paused)
+        except ScheduleNotFound as error:
+            raise ApiError(404, "not_found", sentence(str(error))) from error
         return ScheduleResponse.from_state(state)
 
     @app.post(

@@ -28,6 +28,7 @@ from bananas_core.errors import (
     JobConflict,
     JobNotFound,
     PluginError,
+    ScheduleNotFound,
 )
 from bananas_core.job import JobStatus
 from bananas_core.plugins import Plugins, add_plugin_commands, load_configured_plugins, log_plugins
@@ -110,6 +111,7 @@ _ERROR_EXITS: tuple[tuple[type[BaseException], int, str], ...] = (
     (PluginError, EXIT_PLUGIN, "plugin error: "),
     (ConfigError, EXIT_USAGE, ""),
     (JobNotFound, EXIT_NOT_FOUND, ""),
+    (ScheduleNotFound, EXIT_NOT_FOUND, ""),
     (BackendError, EXIT_BACKEND, ""),
     (JobConflict, EXIT_CONFLICT, ""),
     (BananasError, EXIT_USAGE, ""),
@@ -432,19 +434,15 @@ def _parse_time(text: str) -> datetime:
 
 
 def _schedules(settings: Settings, args: argparse.Namespace) -> int:
-    from bananas_core.periodic import collect_schedules, list_schedules, pause_schedule, resume_schedule
+    from bananas_core.periodic import collect_schedules, list_schedules, set_schedule_paused
 
     async def run(client: Any) -> None:
         schedules = collect_schedules(client.plugins.manager, settings, client.plugins.registry)
         if args.action in ("pause", "resume"):
-            chosen = [schedule for schedule in schedules if schedule.name == args.name]
-            if not chosen:
-                known = ", ".join(schedule.name for schedule in schedules) or "none"
-                raise ScheduleNotFound(f"schedule {args.name!r} not found; known schedules: {known}")
-            change = pause_schedule if args.action == "pause" else resume_schedule
-            await change(client.backend, args.name)
-            schedules = chosen
-        states = await list_schedules(client.backend, schedules)
+            paused = args.action == "pause"
+            states = [await set_schedule_paused(client.backend, schedules, args.name, paused)]
+        else:
+            states = await list_schedules(client.backend, schedules)
         if args.json:
             print(json.dumps([dataclasses.asdict(state) for state in states], indent=2, default=_iso))
             return
@@ -458,13 +456,6 @@ def _schedules(settings: Settings, args: argparse.Namespace) -> int:
 
 def _iso(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
-class ScheduleNotFound(JobNotFound):
-    """Raised when no schedule has the requested name; exits with the not-found status."""
-
-    def __init__(self, message: str) -> None:
-        BananasError.__init__(self, message)
 
 
 def _with_client(settings: Settings, operation: Callable[[Any], Awaitable[None]]) -> int:

@@ -37,7 +37,7 @@ def job_logger(job: Job) -> JobLogger:
 
 @dataclass(frozen=True)
 class JobContext:
-    """A running job as its handler sees it."""
+    """A running job, as its handler receives it."""
 
     job: Job
     logger: logging.LoggerAdapter  # prefixes every message with the job id and handler name

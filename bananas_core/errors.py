@@ -6,6 +6,7 @@
     ├── BackendError           the backend (Redis) failed or is unreachable
     ├── JobNotFound            no job has the requested id
     ├── JobConflict            the job's state does not allow the operation
+    ├── ScheduleNotFound       no periodic schedule has the requested name
     └── PermanentError         raised by a handler: fail the job now, without retries
         └── InvalidPayload     a payload does not match its handler's schema
 
@@ -69,3 +70,7 @@ class InvalidPayload(PermanentError):
     def __init__(self, message: str, errors: list[dict[str, object]]) -> None:
         super().__init__(message)
         self.errors = errors
+
+
+class ScheduleNotFound(BananasError):
+    """Raised when no periodic schedule has the requested name."""

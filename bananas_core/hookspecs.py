@@ -68,9 +68,10 @@ def bananas_periodic_jobs(settings: Settings) -> Sequence[Schedule] | None:
     """Declare jobs that run on a cron schedule.
 
     Called once per scheduler process at start-up, and by anything that lists the schedules.
-    Return a list of ``bananas_core.periodic.Schedule`` objects, or None for none. Every
-    scheduler enqueues each tick of a schedule exactly once between them, as
-    docs/plugins.md describes.
+    Return a list of ``bananas_core.periodic.Schedule`` objects, or None for none. The
+    schedulers of one queue enqueue each tick of a schedule once between them. docs/plugins.md
+    gives the two cases that can enqueue a tick twice: schedulers of different queues, and a
+    scheduler that dies between submitting a tick and recording it.
 
     Not firstresult: the lists of every plugin are joined with the schedules of the
     PERIODIC_JOBS setting. An exception or a value other than Schedule objects stops start-up

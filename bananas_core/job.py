@@ -24,7 +24,7 @@ PRIORITIES = (Priority.high, Priority.normal, Priority.low)
 
 
 class JobStatus(str, Enum):
-    """Where a job is. A job is in exactly one of these at any time."""
+    """The place of a job in its queue. A job is in exactly one of these at any time."""
 
     pending = "pending"  # in its priority queue, waiting for a worker
     scheduled = "scheduled"  # in the scheduled set, waiting for its run time (delay or retry)

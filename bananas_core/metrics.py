@@ -18,7 +18,7 @@ WAIT_SECONDS_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 360
 
 
 class Outcome(str, Enum):
-    """How one run of a job ended, as counted in ``bananas_jobs_total``."""
+    """The outcome of one run of a job, as counted in ``bananas_jobs_total``."""
 
     completed = "completed"
     retried = "retried"  # failed, and a retry is scheduled

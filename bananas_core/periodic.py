@@ -1,4 +1,4 @@
-"""Periodic jobs: cron schedules whose ticks the schedulers enqueue exactly once between them.
+"""Periodic jobs: cron schedules whose ticks the schedulers of a queue enqueue once between them.
 
 A schedule names a cron expression in an IANA time zone and the job to submit at each tick.
 Schedules come from the ``bananas_periodic_jobs`` hook and the PERIODIC_JOBS setting. Each
@@ -13,7 +13,13 @@ scheduler tick calls ``run_due_schedules``, which for every schedule that is not
 3. advances the last tick with ``ZADD GT``, which only ever moves it forward.
 
 A crash between 2 and 3 makes the next scheduler submit the same id again, which creates
-nothing. Ticks that are more than ``grace`` seconds late count as missed: with ``catch_up``
+nothing while the first job's record exists.
+
+NOTE: the last-tick set is shared by every queue under a prefix, but job ids are looked up
+in one queue. Schedulers of two queues that reach the same tick of a schedule that names no
+queue each create a job, one in each queue.
+
+Ticks that are more than ``grace`` seconds late count as missed: with ``catch_up``
 they run once, as one job for the latest of them, and without it they are skipped.
 
 Cron times are wall-clock times of the schedule's time zone. Around daylight saving time
@@ -39,7 +45,7 @@ from cronsim import CronSim, CronSimError
 from redis.exceptions import RedisError
 
 from bananas_core.backends.base import Backend
-from bananas_core.errors import BackendError, ConfigError, InvalidPayload, PluginError
+from bananas_core.errors import BackendError, ConfigError, InvalidPayload, PluginError, ScheduleNotFound
 from bananas_core.job import Job, Priority, from_ms, new_job
 from bananas_core.registry import HANDLER_NAME, QUEUE_NAME, HandlerRegistry
 from bananas_core.settings import Settings
@@ -442,6 +448,25 @@ async def resume_schedule(backend: Backend, name: str, now: datetime | None = No
     if changed:
         logger.info("Resumed schedule %s", name)
     return changed
+
+
+async def set_schedule_paused(
+    backend: Backend, schedules: Iterable[Schedule], name: str, paused: bool
+) -> ScheduleState:
+    """Pause or resume the schedule ``name`` among ``schedules`` and return its new state.
+
+    Raises ScheduleNotFound naming the known schedules when none has this name.
+    """
+    by_name = {schedule.name: schedule for schedule in schedules}
+    if name not in by_name:
+        known = ", ".join(by_name) or "none"
+        raise ScheduleNotFound(f"schedule {name!r} not found; known schedules: {known}")
+    if paused:
+        await pause_schedule(backend, name)
+    else:
+        await resume_schedule(backend, name)
+    [state] = await list_schedules(backend, [by_name[name]])
+    return state
 
 
 async def server_time(backend: Backend) -> datetime:

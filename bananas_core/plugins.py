@@ -210,8 +210,8 @@ def log_plugins(plugins: Plugins) -> None:
 async def notify(manager: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
     """Call every implementation of an observer hook, awaiting those that are coroutines.
 
-    An implementation that raises is logged with its plugin and hook names, and the others
-    still run: an observer never fails a job or a worker.
+    An implementation that raises an Exception is logged with its plugin and hook names, and
+    the others still run, so an observer's error fails neither the job nor the worker.
     """
     caller = getattr(manager.hook, hook_name)
     for impl in reversed(caller.get_hookimpls()):

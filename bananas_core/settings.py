@@ -13,7 +13,7 @@ from bananas_core.errors import ConfigError
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
-# What each variable accepts, for the one-line start-up error.
+# The accepted values of each variable, quoted by the one-line start-up error.
 _ACCEPTS = {
     "REDIS_URL": "a URL such as redis://localhost:6379/0 (schemes: redis, rediss, unix, memory, or one a plugin adds)",
     "API_HOST": "an IP address or host name to bind",

@@ -19,7 +19,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """Return the URL of the real Redis server; skip locally and fail in CI if none answers."""
+    """Return the URL of the real Redis server; skip locally and fail in CI if none responds."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()

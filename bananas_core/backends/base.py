@@ -227,7 +227,7 @@ class JobPage:
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """What a worker reports about itself at every registration heartbeat."""
+    """A worker's description of itself, written at every registration heartbeat."""
 
     id: str
     queue: str

@@ -577,7 +577,7 @@ def _decode_job(record: str) -> Job | None:
 
 def _check_url(url: str) -> None:
     # redis-py reports a bad port or database only when it first connects, as a ValueError
-    # deep inside a command; checking here turns it into a start-up error.
+    # deep inside a command. Checking here turns it into a start-up error.
     parts = urlsplit(url)
     try:
         parts.port

@@ -191,7 +191,7 @@ def test_repeated_sigterm_finishes_each_job_once(private_redis: PrivateRedis, tm
         services.start("scheduler")
         for _ in range(10):
             services.start("worker")
-            # SIGTERM lands mid-burst: once the worker holds jobs, after a random delay.
+            # SIGTERM arrives mid-burst, a random delay after the worker has leased jobs.
             wait_until(lambda: counts(private_redis.url)["processing"] > 0, 20, services, "a running job")
             time.sleep(rng.uniform(0.05, 0.6))
             stopping = time.monotonic()

@@ -10,7 +10,7 @@ for _, id in ipairs(ids) do
   redis.call('HDEL', KEYS[3], id)
 end
 
--- The hash holds one entry per running job asked to stop, so it stays small.
+-- The hash contains one entry per running job whose cancellation was requested, so it stays small.
 local requests = redis.call('HKEYS', KEYS[3])
 for _, id in ipairs(requests) do
   if redis.call('ZSCORE', KEYS[4], id) == false then
