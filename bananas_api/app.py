@@ -46,7 +46,13 @@ from bananas_api.models import (
 )
 from bananas_core.backends.base import Backend
 from bananas_core.client import MAX_LIST_LIMIT, Client, JobSpec
-from bananas_core.errors import BackendError, BananasError, InvalidPayload, JobConflict, ScheduleNotFound
+from bananas_core.errors import (
+    BackendError,
+    BananasError,
+    InvalidPayload,
+    JobConflict,
+    ScheduleNotFound,
+)
 from bananas_core.job import Job, JobStatus, now_ms
 from bananas_core.periodic import collect_schedules, list_schedules, set_schedule_paused
 from bananas_core.plugins import Plugins, add_plugin_routes, service_lifecycle

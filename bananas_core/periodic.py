@@ -45,7 +45,13 @@ from cronsim import CronSim, CronSimError
 from redis.exceptions import RedisError
 
 from bananas_core.backends.base import Backend
-from bananas_core.errors import BackendError, ConfigError, InvalidPayload, PluginError, ScheduleNotFound
+from bananas_core.errors import (
+    BackendError,
+    ConfigError,
+    InvalidPayload,
+    PluginError,
+    ScheduleNotFound,
+)
 from bananas_core.job import Job, Priority, from_ms, new_job
 from bananas_core.registry import HANDLER_NAME, QUEUE_NAME, HandlerRegistry
 from bananas_core.settings import Settings
