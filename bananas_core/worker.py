@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import math
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
-from bananas_core.backends.base import Backend, WorkerInfo
+from bananas_core.backends.base import Backend, RunOutcome, WorkerInfo
 from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import BackendError, PermanentError
 from bananas_core.execution import JobTimeout, UnknownHandler, describe_error, run_handler
@@ -35,7 +39,14 @@ BACKOFF_MAX = 10.0  # seconds between attempts to reach an unreachable backend, 
 
 
 class Worker:
-    """Runs up to ``WORKER_CONCURRENCY`` jobs at once until it is stopped."""
+    """Runs up to ``WORKER_CONCURRENCY`` jobs at once until it is stopped.
+
+    Three kinds of task share the work. One slot task per unit of concurrency runs handlers.
+    The exchange loop owns every round trip of the job flow. One script call records the
+    outcomes the slots finished and leases jobs for the free slots, so a busy worker makes
+    about one round trip per batch of jobs. The idle waiter blocks on the
+    wake-up list while the queue is empty.
+    """
 
     def __init__(self, settings: Settings, backend: Backend, plugins: Plugins) -> None:
         self.settings = settings
@@ -43,16 +54,24 @@ class Worker:
         self.plugins = plugins
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = settings.WORKER_CONCURRENCY
-        self.running: dict[str, Job] = {}
+        self.running: dict[str, Job] = {}  # leased jobs whose outcome is not recorded yet
+        self._busy = 0  # jobs handed to the slots and not finished running
+        self._ready: collections.deque[Job] = collections.deque()  # leased, not taken by a slot
+        self._closing = False  # no more jobs come: idle slots return
+        self._settling = 0  # slots waiting for their outcome to be recorded, to announce it
+        self._outcomes: list[_Finished] = []  # finished runs waiting for the exchange loop
+        self._dry = False  # the last lease found fewer jobs than free slots
         self._run_scopes: dict[str, anyio.CancelScope] = {}  # cancelled when a lease is lost
         self._cancel_requested: set[str] = set()  # running jobs a caller asked to cancel
         self.stats = JobStats()
         self._register_failures = 0
         self._control_failures = 0
         self.started_at = now_ms()
-        self._slot_freed = anyio.Event()
         self._stopping = False
-        self._fetch_scope: anyio.CancelScope | None = None
+        self._wake: anyio.Event | None = None  # set when the exchange loop has work
+        self._need_jobs: anyio.Event | None = None  # set when the idle waiter should block
+        self._stop_requested: anyio.Event | None = None
+        self._jobs_ready: anyio.Event  # set when leased jobs wait in _ready, then replaced
         self._jobs_scope: anyio.CancelScope | None = None
         # A thread abandoned at a timeout gives its token back, so the pool stays this size.
         self._threads = anyio.CapacityLimiter(self.concurrency)
@@ -66,22 +85,22 @@ class Worker:
             self.concurrency,
             ", ".join(self.plugins.registry.names()) or "none",
         )
+        self._wake = anyio.Event()
+        self._need_jobs = anyio.Event()
+        self._jobs_ready = anyio.Event()
+        self._stop_requested = anyio.Event()
+        if self._stopping:
+            self._stop_requested.set()
         async with anyio.create_task_group() as services:
             if handle_signals:
-                # Handlers are in place before the first claim, so a SIGTERM always drains.
+                # Handlers are in place before the first lease, so a SIGTERM always drains.
                 await services.start(self._watch_signals)
             await self._register()
             services.start_soon(self._renew_leases)
             services.start_soon(self._control)
 
             async with service_lifecycle(self.plugins.manager, "worker", worker=self):
-                with anyio.CancelScope() as self._jobs_scope:
-                    async with anyio.create_task_group() as jobs:
-                        with anyio.CancelScope() as self._fetch_scope:
-                            if self._stopping:
-                                self._fetch_scope.cancel()
-                            await self._fetch_loop(jobs)
-                        await self._drain()
+                await self._work()
             services.cancel_scope.cancel()
 
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -97,15 +116,16 @@ class Worker:
         if not self._stopping:
             logger.info(
                 "Worker %s stopping: waiting up to %gs for %d running jobs",
-                self.id, self.settings.SHUTDOWN_GRACE, len(self.running),
+                self.id, self.settings.SHUTDOWN_GRACE, self._busy,
             )
         self._stopping = True
-        if self._fetch_scope is not None:
-            self._fetch_scope.cancel()
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        self._wake_exchange()
 
     def abort(self) -> None:
         """Stop at once: running jobs are cancelled and returned to the head of their queue."""
-        logger.warning("Worker %s aborting %d running jobs", self.id, len(self.running))
+        logger.warning("Worker %s aborting %d running jobs", self.id, self._busy)
         self.stop()
         if self._jobs_scope is not None:
             self._jobs_scope.cancel()
@@ -121,41 +141,168 @@ class Worker:
                     logger.info("Received %s", signal.Signals(received).name)
                     self.stop()
 
-    async def _fetch_loop(self, jobs: TaskGroup) -> None:
-        failures = 0
-        while not self._stopping:
-            free = self.concurrency - len(self.running)
-            if free <= 0:
-                self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
-                continue
-
+    async def _work(self) -> None:
+        async with anyio.create_task_group() as work:
+            work.start_soon(self._wait_for_jobs)
+            work.start_soon(self._enforce_grace)
+            work.start_soon(self._run_slots)
             try:
-                # Shielded so that a stop cannot drop the reply of a claim that Redis carried out.
-                with anyio.CancelScope(shield=True):
-                    claimed = await self.backend.claim(free, self.id, self.settings.LEASE_TIMEOUT)
-                if not claimed:
-                    await self.backend.wait_for_jobs(IDLE_WAIT)
+                await self._exchange_loop()
+            finally:
+                self._closing = True
+                self._ready_signal()
+            # Every slot is idle now, so only the waiter and the grace timer are cancelled.
+            work.cancel_scope.cancel()
+
+    async def _run_slots(self) -> None:
+        with anyio.CancelScope() as self._jobs_scope:
+            async with anyio.create_task_group() as slots:
+                for _ in range(self.concurrency):
+                    slots.start_soon(self._slot)
+
+        # Jobs leased for slots that were cancelled before they took them go back to the head
+        # of their queue.
+        while self._ready:
+            job = self._ready.popleft()
+            with anyio.CancelScope(shield=True):
+                await self._release(job)
+            self._busy -= 1
+        self._wake_exchange()
+
+    async def _slot(self) -> None:
+        # The leased jobs wait in a deque, and one event per lease wakes the idle slots: a
+        # cheaper hand-over than a channel, which costs an event and a checkpoint per job.
+        while True:
+            while self._ready:
+                job = self._ready.popleft()
+                try:
+                    await self._run_job(job)
+                finally:
+                    self._busy -= 1
+                    self._wake_exchange()
+            if self._closing:
+                return
+            await self._jobs_ready.wait()
+
+    def _ready_signal(self) -> None:
+        self._jobs_ready.set()
+        self._jobs_ready = anyio.Event()
+
+    def _wake_exchange(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _exchange_loop(self) -> None:
+        """Record finished runs and lease jobs for free slots, one script call per batch."""
+        failures = 0
+        try:
+            while True:
+                self._wake = anyio.Event()
+                # A slot waiting to announce a recorded outcome is free by the time the reply
+                # arrives, so the job leased for it waits in the buffer only briefly.
+                free = 0 if self._stopping else self.concurrency - self._busy + self._settling
+                lease_count = 0 if self._dry else free
+                if not self._outcomes and lease_count == 0:
+                    if self._stopping and self._busy == 0:
+                        return
+                    if free > 0 and self._need_jobs is not None:
+                        self._need_jobs.set()  # the idle waiter blocks on the wake-up list
+                    await self._wake.wait()
+                    continue
+
+                finished, self._outcomes = self._outcomes, []
+                try:
+                    # Shielded so that a stop cannot drop the reply of a call Redis carried out.
+                    with anyio.CancelScope(shield=True):
+                        recorded, leased = await self.backend.exchange(
+                            [entry.outcome for entry in finished], lease_count, self.id,
+                            self.settings.LEASE_TIMEOUT,
+                        )
+                    failures = 0
+                except BackendError as error:
+                    failures += 1
+                    self._outcomes = self._still_recordable(finished) + self._outcomes
+                    await self._backoff("record outcomes and lease jobs", error, failures)
+                    continue
+
+                self._dry = len(leased) < lease_count
+                if leased:
+                    for job in leased:
+                        self.running[job.id] = job
+                    self._busy += len(leased)
+                    self._ready.extend(leased)
+                    self._ready_signal()
+                for entry, was_recorded in zip(finished, recorded):
+                    self.running.pop(entry.outcome.job.id, None)
+                    self._settle(entry, was_recorded)
+        finally:
+            # Outcomes of runs that ended as the worker was cancelled are still recorded.
+            with anyio.CancelScope(shield=True):
+                await self._flush_outcomes()
+
+    async def _flush_outcomes(self) -> None:
+        failures = 0
+        while self._outcomes:
+            finished, self._outcomes = self._outcomes, []
+            try:
+                recorded, _ = await self.backend.exchange(
+                    [entry.outcome for entry in finished], 0, self.id, self.settings.LEASE_TIMEOUT
+                )
+            except BackendError as error:
+                failures += 1
+                self._outcomes = self._still_recordable(finished)
+                await self._backoff("record outcomes", error, failures)
+                continue
+            for entry, was_recorded in zip(finished, recorded):
+                self.running.pop(entry.outcome.job.id, None)
+                self._settle(entry, was_recorded)
+
+    def _still_recordable(self, finished: list[_Finished]) -> list[_Finished]:
+        """Keep the outcomes that failed to record, but drop those older than one lease.
+
+        By then the scheduler has returned the job to its queue, and a late write would be
+        rejected by its stale delivery token anyway.
+        """
+        now = time.monotonic()
+        recordable = []
+        for entry in finished:
+            if now - entry.finished_at < self.settings.LEASE_TIMEOUT:
+                recordable.append(entry)
+                continue
+            job = entry.outcome.job
+            self.running.pop(job.id, None)
+            logger.error(
+                "Could not record the outcome of job %s:%s; its lease will expire and it runs again",
+                job.id, job.name,
+            )
+        return recordable
+
+    async def _wait_for_jobs(self) -> None:
+        """Block on the wake-up list while the queue is empty, then wake the exchange loop."""
+        assert self._need_jobs is not None
+        failures = 0
+        while True:
+            await self._need_jobs.wait()
+            self._need_jobs = anyio.Event()
+            try:
+                await self.backend.wait_for_jobs(IDLE_WAIT)
                 failures = 0
             except BackendError as error:
                 failures += 1
-                await self._backoff("fetch jobs", error, failures)
-                continue
+                await self._backoff("wait for jobs", error, failures)
+            # A token or the timeout: either way the next lease looks at the queue again.
+            self._dry = False
+            self._wake_exchange()
 
-            for job in claimed:
-                self.running[job.id] = job
-                jobs.start_soon(self._run_job, job, name=f"job {job.id}")
-
-    async def _drain(self) -> None:
+    async def _enforce_grace(self) -> None:
         # Running jobs get SHUTDOWN_GRACE to finish, and the rest are cancelled and released.
-        with anyio.move_on_after(self.settings.SHUTDOWN_GRACE):
-            while self.running:
-                self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
-        if self.running and self._jobs_scope is not None:
+        assert self._stop_requested is not None
+        await self._stop_requested.wait()
+        await anyio.sleep(self.settings.SHUTDOWN_GRACE)
+        if self._busy and self._jobs_scope is not None:
             logger.warning(
                 "Worker %s returning %d unfinished jobs to their queue after the grace period",
-                self.id, len(self.running),
+                self.id, self._busy,
             )
             self._jobs_scope.cancel()
 
@@ -163,28 +310,54 @@ class Worker:
         scope = self._run_scopes[job.id] = anyio.CancelScope()
         try:
             with scope:
-                await self._execute(job)
-            if scope.cancelled_caught and job.id in self._cancel_requested:
+                finished = await self._execute(job)
+        except anyio.get_cancelled_exc_class():
+            self._cancel_requested.discard(job.id)
+            with anyio.CancelScope(shield=True):
+                await self._release(job)
+            raise
+        finally:
+            self._run_scopes.pop(job.id, None)
+
+        if scope.cancelled_caught:
+            if job.id in self._cancel_requested:
                 await self._finish_cancelled(job)
-            elif scope.cancelled_caught:
+            else:
                 logger.warning(
                     "Stopped job %s:%s: its lease was lost, so another worker may run it",
                     job.id, job.name,
                 )
                 self.stats.record(job.queue, job.name, Outcome.lost, None, None)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                released = await self._record(job, lambda: self.backend.release(job))
-            if released:
-                logger.info("Returned job %s:%s to the head of its queue", job.id, job.name)
-            raise
-        finally:
-            self.running.pop(job.id, None)
-            self._run_scopes.pop(job.id, None)
+                self.running.pop(job.id, None)
             self._cancel_requested.discard(job.id)
-            self._slot_freed.set()
+            return
+        self._cancel_requested.discard(job.id)
 
-    async def _execute(self, job: Job) -> None:
+        hook_name = _OUTCOME_HOOKS[finished.outcome.kind]
+        if not self._observed(hook_name):
+            self._outcomes.append(finished)
+            return
+        # Observers run in the task that ran the job, where bananas_job_started ran, so the
+        # context variables a plugin set there (a tracing span, say) are still in place. The
+        # slot stays taken until the outcome is recorded.
+        finished.settled = anyio.Event()
+        self._outcomes.append(finished)
+        self._settling += 1
+        self._wake_exchange()
+        try:
+            await finished.settled.wait()
+        finally:
+            self._settling -= 1
+        if finished.recorded:
+            await self._announce(hook_name, finished)
+
+    async def _release(self, job: Job) -> None:
+        released = await self._record(job, lambda: self.backend.release(job))
+        self.running.pop(job.id, None)
+        if released:
+            logger.info("Returned job %s:%s to the head of its queue", job.id, job.name)
+
+    async def _execute(self, job: Job) -> _Finished:
         handler = self.plugins.registry.get(job.name)
         if handler is None:
             installed = ", ".join(self.plugins.registry.names()) or "none"
@@ -192,8 +365,8 @@ class Worker:
                 f"no installed plugin handles job name {job.name!r} (installed handlers: "
                 f"{installed}); install the plugin that provides it and retry the job"
             )
-            await self._give_up(job, describe_error(error))
-            return
+            details = describe_error(error)
+            return _Finished(RunOutcome(job, "dead", details.model_dump_json()), 0.0, details=details)
 
         logger.info(
             "Started job %s:%s attempt %d of %d", job.id, job.name, job.attempts, job.max_retries + 1
@@ -205,7 +378,7 @@ class Worker:
             cancel_flag=lambda: job.id in self._cancel_requested,
             progress_sink=partial(self.backend.set_progress, job),
         )
-        started = anyio.current_time()
+        started = time.monotonic()
         try:
             result = await call_job_wrappers(
                 self.plugins.manager, job, context, lambda: run_handler(handler, context, self._threads)
@@ -214,76 +387,97 @@ class Worker:
             raise
         except (Exception, SystemExit) as error:
             # SystemExit from a handler fails its job instead of ending the worker.
-            await self._handle_failure(job, error)
-            return
+            return await self._failure(job, error, time.monotonic() - started)
 
-        with anyio.CancelScope(shield=True):
-            recorded = await self._record(job, lambda: self.backend.complete(job, result))
-        elapsed = anyio.current_time() - started
-        if not recorded:
-            logger.warning(
-                "Job %s:%s finished in %.3fs but its lease was lost; result discarded",
-                job.id, job.name, elapsed,
-            )
-            return
-        logger.info("Completed job %s:%s in %.3fs", job.id, job.name, elapsed)
-        self.stats.record(job.queue, job.name, Outcome.completed, elapsed, _wait_seconds(job))
-        job = job.model_copy(update={
-            "status": JobStatus.completed, "result": result, "finished_at": utc_now(), "worker": None,
-        })
-        await notify(self.plugins.manager, "bananas_job_succeeded", job=job, result=result)
+        encoded = "" if result is None else json.dumps(result)
+        return _Finished(RunOutcome(job, "completed", encoded), time.monotonic() - started, result=result)
 
-    async def _handle_failure(self, job: Job, error: BaseException) -> None:
+    async def _failure(self, job: Job, error: BaseException, elapsed: float) -> _Finished:
         details = describe_error(error)
         await notify(self.plugins.manager, "bananas_job_failed", job=job, error=details)
 
         delay = None if isinstance(error, PermanentError) else self._retry_delay(job, error)
         if delay is None:
-            await self._give_up(job, details)
-            return
+            return _Finished(RunOutcome(job, "dead", details.model_dump_json()), elapsed, details=details)
+        return _Finished(
+            RunOutcome(job, "retry", details.model_dump_json(), delay), elapsed, details=details
+        )
 
-        with anyio.CancelScope(shield=True):
-            recorded = await self._record(job, lambda: self.backend.fail(job, details, delay))
-        if not recorded:
+    def _settle(self, entry: _Finished, recorded: bool) -> None:
+        """Count and log an outcome once the backend has recorded it, and wake its slot."""
+        outcome = entry.outcome
+        job = outcome.job
+        if entry.settled is not None:
+            entry.recorded = recorded
+            entry.settled.set()
+        if outcome.kind == "completed":
+            self._settle_completed(entry, recorded)
+        elif not recorded:
             logger.warning("Job %s:%s failed but its lease was lost; not retried here", job.id, job.name)
-            return
+        elif outcome.kind == "retry":
+            self._settle_retry(entry)
+        else:
+            self._settle_dead(entry)
 
-        self.stats.record(job.queue, job.name, Outcome.retried, _run_seconds(job), _wait_seconds(job))
+    def _settle_completed(self, entry: _Finished, recorded: bool) -> None:
+        job = entry.outcome.job
+        if not recorded:
+            logger.warning(
+                "Job %s:%s finished in %.3fs but its lease was lost; result discarded",
+                job.id, job.name, entry.elapsed,
+            )
+            return
+        logger.info("Completed job %s:%s in %.3fs", job.id, job.name, entry.elapsed)
+        self.stats.record(job.queue, job.name, Outcome.completed, entry.elapsed, _wait_seconds(job))
+
+    def _settle_retry(self, entry: _Finished) -> None:
+        job, details, delay = entry.outcome.job, entry.details, entry.outcome.retry_delay
+        assert details is not None
+        self.stats.record(job.queue, job.name, Outcome.retried, entry.elapsed, _wait_seconds(job))
         logger.warning(
             "Job %s:%s failed on attempt %d (%s: %s); retry %d of %d in %.1fs",
             job.id, job.name, job.attempts, details.type, details.message,
             job.retries + 1, job.max_retries, delay,
         )
-        # The observers see the job as the fail script stored it: due now goes straight back to
-        # its queue, later waits in the scheduled set.
-        due_now = delay == 0
-        job = job.model_copy(update={
-            "status": JobStatus.pending if due_now else JobStatus.scheduled,
-            "retries": job.retries + 1,
-            "run_at": None if due_now else from_ms(now_ms() + round(delay * 1000)),
-            "error": details,
-            "finished_at": utc_now(),
-            "worker": None,
-        })
-        await notify(
-            self.plugins.manager, "bananas_job_retry_scheduled", job=job, error=details, delay=delay
-        )
 
-    async def _give_up(self, job: Job, details: JobError) -> None:
-        with anyio.CancelScope(shield=True):
-            recorded = await self._record(job, lambda: self.backend.fail(job, details, None))
-        if not recorded:
-            logger.warning("Job %s:%s failed but its lease was lost", job.id, job.name)
-            return
-        self.stats.record(job.queue, job.name, Outcome.dead, _run_seconds(job), _wait_seconds(job))
+    def _settle_dead(self, entry: _Finished) -> None:
+        job, details = entry.outcome.job, entry.details
+        assert details is not None
+        self.stats.record(job.queue, job.name, Outcome.dead, entry.elapsed, _wait_seconds(job))
         logger.error(
             "Job %s:%s moved to the dead letter queue after %d attempts: %s: %s",
             job.id, job.name, job.attempts, details.type, details.message,
         )
-        job = job.model_copy(update={
-            "status": JobStatus.dead, "error": details, "finished_at": utc_now(), "worker": None,
-        })
-        await notify(self.plugins.manager, "bananas_job_dead", job=job, error=details)
+
+    def _observed(self, hook_name: str) -> bool:
+        # The job copy an observer receives is only built when some plugin observes the hook.
+        return bool(getattr(self.plugins.manager.hook, hook_name).get_hookimpls())
+
+    async def _announce(self, hook_name: str, entry: _Finished) -> None:
+        """Call the observers of a recorded outcome with the job as the backend stored it."""
+        job, details = entry.outcome.job, entry.details
+        update: dict[str, object] = {"finished_at": utc_now(), "worker": None}
+        if hook_name == "bananas_job_succeeded":
+            update.update(status=JobStatus.completed, result=entry.result)
+            await notify(self.plugins.manager, hook_name, job=job.model_copy(update=update),
+                         result=entry.result)
+        elif hook_name == "bananas_job_dead":
+            update.update(status=JobStatus.dead, error=details)
+            await notify(self.plugins.manager, hook_name, job=job.model_copy(update=update),
+                         error=details)
+        else:
+            # A retry due now goes straight back to its queue; a later one waits in the
+            # scheduled set.
+            delay = entry.outcome.retry_delay
+            due_now = delay == 0
+            update.update(
+                status=JobStatus.pending if due_now else JobStatus.scheduled,
+                retries=job.retries + 1,
+                run_at=None if due_now else from_ms(now_ms() + round(delay * 1000)),
+                error=details,
+            )
+            await notify(self.plugins.manager, hook_name, job=job.model_copy(update=update),
+                         error=details, delay=delay)
 
     def _retry_delay(self, job: Job, error: BaseException) -> float | None:
         """Ask the retry policy plugins for the delay before the next run. None means give up."""
@@ -420,6 +614,7 @@ class Worker:
     async def _finish_cancelled(self, job: Job) -> None:
         with anyio.CancelScope(shield=True):
             recorded = await self._record(job, lambda: self.backend.finish_cancelled(job))
+        self.running.pop(job.id, None)
         if recorded:
             logger.info("Cancelled job %s:%s while it ran", job.id, job.name)
             self.stats.record(job.queue, job.name, Outcome.cancelled, _run_seconds(job), None)
@@ -446,6 +641,26 @@ class Worker:
                 self.id, action, failures, delay, error,
             )
         await anyio.sleep(delay)
+
+
+@dataclass
+class _Finished:
+    """A run that ended, waiting for the exchange loop to record it."""
+
+    outcome: RunOutcome
+    elapsed: float  # seconds the handler ran
+    result: object = None
+    details: JobError | None = None  # the error of a failed run
+    finished_at: float = field(default_factory=time.monotonic)
+    settled: anyio.Event | None = None  # set once recorded, when the slot waits to announce it
+    recorded: bool = False
+
+
+_OUTCOME_HOOKS = {
+    "completed": "bananas_job_succeeded",
+    "retry": "bananas_job_retry_scheduled",
+    "dead": "bananas_job_dead",
+}
 
 
 def _run_seconds(job: Job) -> float | None:

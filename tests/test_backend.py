@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bananas_core.backends.base import Backend
+from bananas_core.backends.base import Backend, RunOutcome
 from bananas_core.backends.memory import memory_backend
 from bananas_core.backends.redis import RedisBackend
 from bananas_core.errors import BackendError, JobNotFound
@@ -93,6 +93,48 @@ async def test_stale_token_cannot_complete(backend: Backend) -> None:
     assert not rejected
     assert accepted
     assert (await backend.get_job(job.id)).result == {"fresh": True}
+
+
+async def test_exchange_records_outcomes_and_leases_next_jobs_in_one_call(backend: Backend) -> None:
+    done, retried, dead, stale, waiting = (make_job() for _ in range(5))
+    for job in (done, retried, dead, stale):
+        await backend.enqueue(job)
+    leased = {job.id: job for job in await backend.claim(4, "w", 30)}
+    await backend.enqueue(waiting)
+    error = JobError(type="RuntimeError", message="boom").model_dump_json()
+    outcomes = [
+        RunOutcome(leased[done.id], "completed", '{"n": 1}'),
+        RunOutcome(leased[retried.id], "retry", error, 0.0),
+        RunOutcome(leased[dead.id], "dead", error),
+        RunOutcome(leased[stale.id].model_copy(update={"token": 0}), "completed", ""),
+    ]
+
+    recorded, next_jobs = await backend.exchange(outcomes, 5, "w", 30)
+
+    assert recorded == [True, True, True, False]
+    # The retry that is due at once goes back to its queue and is leased in the same call.
+    assert [job.id for job in next_jobs] == [waiting.id, retried.id]
+    assert (await backend.get_job(done.id)).result == {"n": 1}
+    assert (await backend.get_job(retried.id)).retries == 1
+    assert (await backend.get_job(dead.id)).status is JobStatus.dead
+    assert (await backend.get_job(stale.id)).status is JobStatus.processing
+    assert (await backend.counts()).processing == 3
+
+
+async def test_exchange_schedules_a_later_retry(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    [leased] = await backend.claim(1, "w", 30)
+    error = JobError(type="RuntimeError", message="boom").model_dump_json()
+
+    recorded, next_jobs = await backend.exchange([RunOutcome(leased, "retry", error, 60)], 1, "w", 30)
+
+    stored = await backend.get_job(job.id)
+    assert recorded == [True]
+    assert next_jobs == []
+    assert stored.status is JobStatus.scheduled
+    assert stored.run_at is not None and stored.error is not None
+    assert (await backend.counts()).scheduled == 1
 
 
 async def test_expired_lease_is_requeued_and_fences_old_worker(backend: Backend) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ import anyio
 import pytest
 
 from bananas_core.backends import create_backend
-from bananas_core.client import Client
+from bananas_core.backends.redis import RedisBackend
+from bananas_core.client import Client, JobSpec
 from bananas_core import hookimpl
 from bananas_core.errors import InvalidPayload
 from bananas_core.job import Job, JobStatus
@@ -351,6 +353,56 @@ async def test_observers_see_final_job_state(backend_url: str, key_prefix: str, 
     assert retry.retries == 1
     assert dead.status is JobStatus.dead
     assert dead.error is not None and dead.error.type == "RuntimeError"
+
+
+async def test_outcome_observers_run_in_the_context_of_the_run(system: System) -> None:
+    # A tracing plugin sets a context variable when a job starts and reads it when the job
+    # ends, so both hooks must run in the task that ran the job.
+    current_run: contextvars.ContextVar[str] = contextvars.ContextVar("current_run", default="")
+    seen: dict[str, str] = {}
+
+    class Tracer:
+        @hookimpl
+        def bananas_job_started(self, job: Job) -> None:
+            current_run.set(job.id)
+
+        @hookimpl
+        def bananas_job_succeeded(self, job: Job) -> None:
+            seen[job.id] = current_run.get()
+
+    system.worker.plugins.manager.register(Tracer())
+    jobs = [await system.client.submit("echo", {"n": n}) for n in range(5)]
+    for job in jobs:
+        await system.wait_for(job)
+
+    with anyio.fail_after(5):
+        while len(seen) < len(jobs):
+            await anyio.sleep(0.01)
+    assert seen == {job.id: job.id for job in jobs}
+
+
+async def test_busy_worker_records_and_leases_in_batches(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+    exchange = RedisBackend.exchange
+
+    async def counting_exchange(self: RedisBackend, outcomes: list, count: int, *args: object) -> object:
+        calls.append((len(outcomes), count))
+        return await exchange(self, outcomes, count, *args)
+
+    monkeypatch.setattr(RedisBackend, "exchange", counting_exchange)
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=10)
+    async with start_system(settings) as system:
+        submitted = await system.client.submit_batch([JobSpec("echo", {"n": n}) for n in range(100)])
+        jobs = [submission.job for submission in submitted]
+        for job in jobs:
+            await system.wait_for(job)
+
+    recorded = sum(outcomes for outcomes, _ in calls)
+    assert recorded == 100
+    # Finished runs are acknowledged together with the next lease, not one call per job.
+    assert len(calls) <= 100 / 3, calls
 
 
 async def test_system_exit_in_handler_fails_only_the_job(system: System) -> None:

@@ -13,6 +13,21 @@ from bananas_core.job import Job, JobError, JobStatus
 
 
 @dataclass(frozen=True)
+class RunOutcome:
+    """How one run of a leased job ended, as the worker hands it to ``Backend.exchange``.
+
+    ``kind`` is ``completed`` (``value`` is the result's JSON, or '' for None), ``retry`` (run
+    again ``retry_delay`` seconds from now) or ``dead`` (to the dead letter queue); for the
+    last two ``value`` is the error's JSON.
+    """
+
+    job: Job
+    kind: str
+    value: str
+    retry_delay: float = 0.0
+
+
+@dataclass(frozen=True)
 class QueueCounts:
     """Number of jobs in each place of one queue."""
 
@@ -42,6 +57,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def claim(self, count: int, worker: str, lease: float) -> list[Job]:
         """Lease up to ``count`` queued jobs for ``lease`` seconds, highest priority first."""
+
+    @abc.abstractmethod
+    async def exchange(
+        self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
+    ) -> tuple[list[bool], list[Job]]:
+        """Record ``outcomes``, then lease up to ``count`` jobs, as one atomic step.
+
+        Returns a flag per outcome (False where the job's lease was lost, so the outcome was
+        not recorded) and the leased jobs. A busy worker acknowledges its finished runs and
+        fetches the next ones in one round trip.
+        """
 
     @abc.abstractmethod
     async def wait_for_jobs(self, timeout: float) -> None:

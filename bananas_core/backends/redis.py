@@ -15,7 +15,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
+from bananas_core.backends.base import Backend, JobPage, QueueCounts, RunOutcome, WorkerInfo
 from bananas_core.backends.keys import (
     WAKEUP_TOKENS_MAX,
     QueueKeys,
@@ -69,12 +69,16 @@ class RedisBackend(Backend):
         self.queue = queue
         self.keys = QueueKeys(prefix, queue)
         self.display_url = display_url
+        self._finished_channel = finished_channel(prefix, queue)
+        self._exchange_keys = [
+            *self.keys.priority_lists, self.keys.processing, self.keys.leases, self.keys.jobs,
+            self.keys.wakeup, self.keys.completed, self.keys.scheduled, self.keys.dead,
+            cancel_requests_key(prefix, queue),
+        ]
         self._scripts = {
             name: client.register_script(_load_script(name))
             for name in (
-                "claim",
-                "complete",
-                "fail",
+                "exchange",
                 "release",
                 "heartbeat",
                 "promote",
@@ -118,40 +122,41 @@ class RedisBackend(Backend):
         return stored, created
 
     @_translate_errors
+    async def exchange(
+        self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
+    ) -> tuple[list[bool], list[Job]]:
+        args: list[object] = [
+            round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, len(outcomes),
+        ]
+        for outcome in outcomes:
+            args += [
+                outcome.job.id, outcome.job.token, outcome.kind, outcome.value,
+                round(outcome.retry_delay * 1000),
+            ]
+        recorded, records = await self._scripts["exchange"](keys=self._exchange_keys, args=args)
+        return [flag == 1 for flag in recorded], [Job.from_record(record) for record in records]
+
     async def claim(self, count: int, worker: str, lease: float) -> list[Job]:
-        k = self.keys
-        records = await self._scripts["claim"](
-            keys=[*k.priority_lists, k.processing, k.leases, k.jobs, k.wakeup],
-            args=[count, round(lease * 1000), worker, WAKEUP_TOKENS_MAX],
-        )
-        return [Job.from_record(record) for record in records]
+        _, jobs = await self.exchange([], count, worker, lease)
+        return jobs
 
     @_translate_errors
     async def wait_for_jobs(self, timeout: float) -> None:
         # BLPOP takes whole or fractional seconds; 0 would block forever.
         await self.client.blpop([self.keys.wakeup], timeout=max(timeout, 0.01))
 
-    @_translate_errors
     async def complete(self, job: Job, result: object) -> bool:
-        k = self.keys
         encoded = "" if result is None else json.dumps(result)
-        done = await self._scripts["complete"](
-            keys=[k.processing, k.leases, k.jobs, k.completed, cancel_requests_key(self.prefix, self.queue)],
-            args=[job.id, job.token, encoded, finished_channel(self.prefix, self.queue)],
-        )
-        return bool(done)
+        [recorded], _ = await self.exchange([RunOutcome(job, "completed", encoded)], 0, "", 0)
+        return recorded
 
-    @_translate_errors
     async def fail(self, job: Job, error: JobError, retry_delay: float | None) -> bool:
-        k = self.keys
-        done = await self._scripts["fail"](
-            keys=[k.processing, k.leases, k.jobs, k.scheduled, k.dead,
-                  k.for_priority(job.priority), k.wakeup, cancel_requests_key(self.prefix, self.queue)],
-            args=[job.id, job.token, error.model_dump_json(),
-                  -1 if retry_delay is None else round(retry_delay * 1000), WAKEUP_TOKENS_MAX,
-                  finished_channel(self.prefix, self.queue)],
-        )
-        return bool(done)
+        if retry_delay is None:
+            outcome = RunOutcome(job, "dead", error.model_dump_json())
+        else:
+            outcome = RunOutcome(job, "retry", error.model_dump_json(), retry_delay)
+        [recorded], _ = await self.exchange([outcome], 0, "", 0)
+        return recorded
 
     @_translate_errors
     async def release(self, job: Job) -> bool:

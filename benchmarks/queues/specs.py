@@ -40,14 +40,17 @@ SPECS: dict[str, QueueSpec] = {
         distributions=("bananas", "redis", "anyio", "pydantic"),
         worker=("bananas", "worker"),
         settings=(
-            f"WORKER_CONCURRENCY={CONCURRENCY}, LOG_LEVEL=WARNING, async handler, other settings "
-            "default (LEASE_TIMEOUT=30s, COMPLETED_TTL=1d; the bulk API sends batches of "
+            f"WORKER_CONCURRENCY={CONCURRENCY}, LOG_LEVEL=WARNING, async handler, "
+            "PLUGINS_BLOCK=otel,email,http,data (the plugins of the project's dev environment), "
+            "other settings default (LEASE_TIMEOUT=30s, COMPLETED_TTL=1d; the bulk API sends batches of "
             "MAX_BATCH_JOBS=100); no scheduler running"
         ),
         extra_env={
             "KEY_PREFIX": BANANAS_KEY_PREFIX,
             "WORKER_CONCURRENCY": str(CONCURRENCY),
             "PLUGINS": "benchmarks.queues.bananas_app",
+            # The plugins that the project's dev environment installs stay out of the worker.
+            "PLUGINS_BLOCK": "otel,email,http,data",
             "LOG_LEVEL": "WARNING",
         },
     ),

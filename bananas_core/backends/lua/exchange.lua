@@ -1,0 +1,116 @@
+-- Record the outcomes of finished runs, then lease the next jobs: one round trip per batch, so
+-- a busy worker acknowledges and fetches together.
+-- KEYS: high, normal, low, processing, leases, jobs, wakeup, completed, scheduled, dead,
+--       cancel requests
+-- ARGV: lease ms, worker id, wakeup token limit, finished channel, jobs wanted, outcome count,
+--       then 5 values per outcome: job id, delivery token, kind, value, retry delay ms.
+--       kind 'completed' stores value as the result ('' for none); 'retry' and 'dead' store it
+--       as the error, and 'retry' runs the job again after the delay.
+-- Returns {one flag per outcome: 1 recorded, 0 stale token (another delivery owns the job),
+--          the leased records}.
+-- Times come from the Redis server's clock, so the clocks of workers and schedulers need not agree.
+local server_time = redis.call('TIME')
+local now = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
+local priority_list = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
+local channel = ARGV[4]
+local recorded = {}
+
+local function wake_one_worker()
+  redis.call('RPUSH', KEYS[7], '1')
+  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[3]), -1)
+end
+
+for i = 0, tonumber(ARGV[6]) - 1 do
+  local base = 7 + i * 5
+  local id, kind, value = ARGV[base], ARGV[base + 2], ARGV[base + 3]
+
+  if redis.call('HGET', KEYS[5], id) ~= ARGV[base + 1] then
+    recorded[#recorded + 1] = 0
+  else
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('HDEL', KEYS[5], id)
+    local job = cjson.decode(redis.call('HGET', KEYS[6], id))
+    job.finished_at = now
+    job.worker = nil
+
+    if kind == 'completed' then
+      job.status = 'completed'
+      if value ~= '' then
+        job.result = value
+      end
+      redis.call('ZADD', KEYS[8], now, id)
+      redis.call('HDEL', KEYS[11], id)
+      -- Waiters on the job's result wake at once. A channel is not a key, so it is not in KEYS.
+      redis.call('PUBLISH', channel, id)
+    elseif kind == 'dead' then
+      job.status = 'dead'
+      job.error = value
+      redis.call('ZADD', KEYS[10], now, id)
+      redis.call('HDEL', KEYS[11], id)
+      redis.call('PUBLISH', channel, id)
+    else
+      local delay = tonumber(ARGV[base + 4])
+      job.error = value
+      job.retries = (job.retries or 0) + 1
+      if delay == 0 then
+        -- Due already: straight back to its queue instead of waiting for a scheduler tick.
+        job.status = 'pending'
+        redis.call('RPUSH', priority_list[job.priority] or KEYS[2], id)
+        wake_one_worker()
+      else
+        job.status = 'scheduled'
+        job.run_at = now + delay
+        redis.call('ZADD', KEYS[9], job.run_at, id)
+      end
+    end
+    redis.call('HSET', KEYS[6], id, cjson.encode(job))
+    recorded[#recorded + 1] = 1
+  end
+end
+
+-- Lease strictly by priority (every high job before any normal one), FIFO within a priority.
+local wanted = tonumber(ARGV[5])
+local deadline = now + tonumber(ARGV[1])
+local leased = {}
+for i = 1, 3 do
+  local left = wanted - #leased
+  if left <= 0 then
+    break
+  end
+
+  local ids = redis.call('LPOP', KEYS[i], left)
+  if ids then
+    for _, id in ipairs(ids) do
+      local raw = redis.call('HGET', KEYS[6], id)
+      -- A list entry without a record was purged or cancelled, and a corrupt record cannot run:
+      -- skip both rather than fail every lease.
+      local ok, job = pcall(cjson.decode, raw or '')
+      if ok then
+        job.status = 'processing'
+        job.attempts = (job.attempts or 0) + 1
+        job.token = (job.token or 0) + 1
+        job.started_at = now
+        job.worker = ARGV[2]
+        job.run_at = nil
+        raw = cjson.encode(job)
+        redis.call('HSET', KEYS[6], id, raw)
+        redis.call('HSET', KEYS[5], id, job.token)
+        redis.call('ZADD', KEYS[4], deadline, id)
+        leased[#leased + 1] = raw
+      end
+    end
+  end
+end
+
+if wanted > 0 then
+  local left = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
+  if left > 0 and #leased >= wanted then
+    -- This worker is full but work is left: wake another idle worker.
+    wake_one_worker()
+  elseif left == 0 then
+    -- Every token left stood for a job that is leased now; an idle worker that popped one
+    -- would only find the queue empty. The next enqueue pushes a fresh token.
+    redis.call('DEL', KEYS[7])
+  end
+end
+return {recorded, leased}
