@@ -393,3 +393,17 @@ async def test_expired_job_with_cancel_request_is_cancelled(backend: RedisBacken
     assert outcomes == [(job.id, "cancelled")]
     assert (await backend.get_job(job.id)).status is JobStatus.cancelled
     assert (await backend.counts()).normal == 0
+
+
+async def test_scripts_are_loaded_again_after_the_server_forgot_them() -> None:
+    # The embedded server: flushing the script cache of the shared Redis would disturb others.
+    backend = memory_backend(f"scripts-{uuid.uuid4().hex}", prefix="bananas", queue="default")
+    try:
+        await backend.enqueue(make_job())
+        await backend.client.script_flush()
+
+        leased = await backend.claim(1, "w", 30)
+
+        assert len(leased) == 1
+    finally:
+        await backend.close()

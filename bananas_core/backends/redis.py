@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from urllib.parse import urlsplit
 import json
 import logging
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from bananas_core.backends.base import Backend, JobPage, QueueCounts, RunOutcome, WorkerInfo
 from bananas_core.backends.keys import (
@@ -60,6 +61,17 @@ def _load_script(name: str) -> str:
     return resources.files("bananas_core.backends").joinpath(f"lua/{name}.lua").read_text()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Script:
+    """The source of a Lua script and its SHA1 digest, the name EVALSHA calls it by."""
+
+    source: str
+
+    @functools.cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
 class RedisBackend(Backend):
     """Jobs of one named queue in Redis, under ``{prefix}:{queue}:``."""
 
@@ -75,18 +87,23 @@ class RedisBackend(Backend):
             self.keys.wakeup, self.keys.completed, self.keys.scheduled, self.keys.dead,
             cancel_requests_key(prefix, queue),
         ]
-        self._scripts = {
-            name: client.register_script(_load_script(name))
-            for name in (
-                "exchange",
-                "release",
-                "heartbeat",
-                "promote",
-                "requeue_expired",
-                "purge",
-                "progress",
-            )
-        }
+        self._scripts: dict[str, _Script] = {}  # loaded from the package on first use
+
+    async def _eval(self, name: str, keys: list[str], args: list[object]) -> Any:
+        """Run the script ``name`` with EVALSHA, loading it first if the server lacks it.
+
+        Called straight through ``execute_command``: redis-py's Script wrapper costs several
+        microseconds per call in type checks, and every job passes through two scripts.
+        """
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = _Script(_load_script(name))
+        try:
+            return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # A restarted or flushed server has forgotten its scripts.
+            await self.client.script_load(script.source)
+            return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str, queue: str) -> RedisBackend:
@@ -133,7 +150,7 @@ class RedisBackend(Backend):
                 outcome.job.id, outcome.job.token, outcome.kind, outcome.value,
                 round(outcome.retry_delay * 1000),
             ]
-        recorded, records = await self._scripts["exchange"](keys=self._exchange_keys, args=args)
+        recorded, records = await self._eval("exchange", self._exchange_keys, args)
         return [flag == 1 for flag in recorded], [Job.from_record(record) for record in records]
 
     async def claim(self, count: int, worker: str, lease: float) -> list[Job]:
@@ -161,7 +178,8 @@ class RedisBackend(Backend):
     @_translate_errors
     async def release(self, job: Job) -> bool:
         k = self.keys
-        done = await self._scripts["release"](
+        done = await self._eval(
+            "release",
             keys=[k.processing, k.leases, k.jobs, k.for_priority(job.priority), k.wakeup],
             args=[job.id, job.token, WAKEUP_TOKENS_MAX],
         )
@@ -174,14 +192,16 @@ class RedisBackend(Backend):
         args: list[object] = [round(lease * 1000)]
         for job in jobs:
             args += [job.id, job.token]
-        return list(await self._scripts["heartbeat"](
+        return list(await self._eval(
+            "heartbeat",
             keys=[self.keys.processing, self.keys.leases], args=args
         ))
 
     @_translate_errors
     async def set_progress(self, job: Job, fraction: float, message: str | None) -> bool:
         """Store a running job's progress. Returns False if the job's lease was lost."""
-        done = await self._scripts["progress"](
+        done = await self._eval(
+            "progress",
             keys=[self.keys.leases, self.keys.jobs], args=[job.id, job.token, fraction, message or ""]
         )
         return bool(done)
@@ -189,7 +209,8 @@ class RedisBackend(Backend):
     @_translate_errors
     async def promote_due(self, limit: int) -> int:
         k = self.keys
-        return int(await self._scripts["promote"](
+        return int(await self._eval(
+            "promote",
             keys=[k.scheduled, *k.priority_lists, k.jobs, k.wakeup],
             args=[limit, WAKEUP_TOKENS_MAX],
         ))
@@ -197,7 +218,8 @@ class RedisBackend(Backend):
     @_translate_errors
     async def requeue_expired(self, limit: int, poison_threshold: int) -> list[tuple[str, str]]:
         k = self.keys
-        flat = await self._scripts["requeue_expired"](
+        flat = await self._eval(
+            "requeue_expired",
             keys=[k.processing, k.leases, *k.priority_lists, k.jobs, k.wakeup, k.dead,
                   cancel_requests_key(self.prefix, self.queue), cancelled_key(self.prefix, self.queue)],
             args=[limit, WAKEUP_TOKENS_MAX, poison_threshold, finished_channel(self.prefix, self.queue)],
@@ -207,7 +229,8 @@ class RedisBackend(Backend):
     @_translate_errors
     async def purge_finished(self, completed_ttl: float, dead_ttl: float, limit: int) -> int:
         k = self.keys
-        return int(await self._scripts["purge"](
+        return int(await self._eval(
+            "purge",
             keys=[k.completed, k.dead, k.jobs],
             args=[round(completed_ttl * 1000), round(dead_ttl * 1000), limit],
         ))
@@ -248,13 +271,6 @@ class RedisBackend(Backend):
 
     # Operations of the API, the client and the CLI.
 
-    def _extra_script(self, name: str) -> Any:
-        # Registered on first use, so the constructor stays as the worker's code has it.
-        scripts: dict[str, Any] = self.__dict__.setdefault("_extra_scripts", {})
-        if name not in scripts:
-            scripts[name] = self.client.register_script(_load_script(name))
-        return scripts[name]
-
     async def _remember_queue(self, queue: str) -> None:
         known: set[str] = self.__dict__.setdefault("_known_queues", set())
         if queue not in known:
@@ -284,7 +300,7 @@ class RedisBackend(Backend):
             run_at = 0 if job.run_at is None else round(job.run_at.timestamp() * 1000)
             args += [job.id, job.to_record(), run_at, list_index[job.priority.value], unique_index]
 
-        results = await self._extra_script("submit")(keys=keys, args=args)
+        results = await self._eval("submit", keys=keys, args=args)
         # A stored job is the one sent, so only an existing job's record needs decoding.
         return [
             (job, True) if created else (Job.from_record(record), False)
@@ -361,7 +377,8 @@ class RedisBackend(Backend):
     async def cancel_job(self, job_id: str) -> tuple[str, Job]:
         job = await self.get_job(job_id)
         k = QueueKeys(self.prefix, job.queue)
-        outcome, record = await self._extra_script("cancel")(
+        outcome, record = await self._eval(
+            "cancel",
             keys=[k.jobs, k.high, k.normal, k.low, k.scheduled,
                   cancelled_key(self.prefix, job.queue), cancel_requests_key(self.prefix, job.queue)],
             args=[job_id, now_ms(), finished_channel(self.prefix, job.queue)],
@@ -392,7 +409,8 @@ class RedisBackend(Backend):
     @_translate_errors
     async def finish_cancelled(self, job: Job) -> bool:
         k = QueueKeys(self.prefix, job.queue)
-        done = await self._extra_script("finish_cancelled")(
+        done = await self._eval(
+            "finish_cancelled",
             keys=[k.processing, k.leases, k.jobs, cancelled_key(self.prefix, job.queue),
                   cancel_requests_key(self.prefix, job.queue)],
             args=[job.id, job.token, now_ms(), finished_channel(self.prefix, job.queue)],
@@ -401,7 +419,8 @@ class RedisBackend(Backend):
 
     @_translate_errors
     async def purge_cancelled(self, cancelled_ttl: float, limit: int) -> int:
-        return int(await self._extra_script("purge_cancelled")(
+        return int(await self._eval(
+            "purge_cancelled",
             keys=[cancelled_key(self.prefix, self.queue), self.keys.jobs,
                   cancel_requests_key(self.prefix, self.queue), self.keys.processing],
             args=[now_ms() - round(cancelled_ttl * 1000), limit],
@@ -411,7 +430,8 @@ class RedisBackend(Backend):
     async def retry_dead(self, job_id: str) -> Job:
         job = await self.get_job(job_id)
         k = QueueKeys(self.prefix, job.queue)
-        record = await self._extra_script("retry_dead")(
+        record = await self._eval(
+            "retry_dead",
             keys=[k.jobs, k.dead, k.high, k.normal, k.low, k.wakeup],
             args=[job_id, WAKEUP_TOKENS_MAX],
         )
@@ -428,11 +448,11 @@ class RedisBackend(Backend):
         if action not in ("requeue", "delete"):
             raise ValueError(f"invalid action {action!r}: expected 'requeue' or 'delete'")
         k = QueueKeys(self.prefix, queue)
-        script = self._extra_script("sweep_dead")
         changed = offset = 0
         while True:
             # Each call reads at most SWEEP_BATCH ids, which bounds how long one script runs.
-            done, skipped, read = await script(
+            done, skipped, read = await self._eval(
+                "sweep_dead",
                 keys=[k.jobs, k.dead, k.high, k.normal, k.low, k.wakeup],
                 args=[action, name or "", offset, SWEEP_BATCH, WAKEUP_TOKENS_MAX],
             )
@@ -538,7 +558,8 @@ class RedisBackend(Backend):
 
     @_translate_errors
     async def rate_limit(self, client_id: str, rate: float, burst: int) -> float:
-        admitted, wait_ms = await self._extra_script("rate_limit")(
+        admitted, wait_ms = await self._eval(
+            "rate_limit",
             keys=[rate_limit_key(self.prefix, client_id)],
             args=[now_ms(), 1000.0 / rate, burst],
         )
