@@ -395,6 +395,10 @@ class SyncClient:
         return self._call(self._client.wait, job_id, timeout)
 
 
+# Built once: json.dumps builds a new encoder per call when given options.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
 def _check_json(payload: dict[str, Any], where: str) -> None:
     """Raise BananasError unless ``payload`` is strict JSON that every reader can handle."""
     depth = _depth(payload)
@@ -405,7 +409,7 @@ def _check_json(payload: dict[str, Any], where: str) -> None:
         )
     try:
         # NaN and infinity are not JSON, and a lone surrogate is not UTF-8.
-        json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        _STRICT_JSON.encode(payload).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise BananasError(f"invalid payload of {where}: {error}; send plain JSON values") from None
 

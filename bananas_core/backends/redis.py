@@ -301,10 +301,10 @@ class RedisBackend(Backend):
             args += [job.id, job.to_record(), run_at, list_index[job.priority.value], unique_index]
 
         results = await self._eval("submit", keys=keys, args=args)
-        # A stored job is the one sent, so only an existing job's record needs decoding.
+        # A stored job is the one sent, so the script returns only an existing job's record.
         return [
-            (job, True) if created else (Job.from_record(record), False)
-            for job, (record, created) in zip(jobs, results)
+            (job, True) if result == 1 else (Job.from_record(result), False)
+            for job, result in zip(jobs, results)
         ]
 
     @_translate_errors

@@ -4,8 +4,8 @@
 -- ARGV: idempotency window ms, wakeup token limit, job count, then 5 values per job:
 --       id, record JSON, run_at ms (0: run now), index in KEYS of its priority list,
 --       index in KEYS of its idempotency key (0: none)
--- Returns one pair per job, in order: the stored record and 1, or the record of the job that
--- already has this idempotency key (or id) and 0.
+-- Returns one entry per job, in order: 1 when it was stored (the caller has its record), or the
+-- record of the job that already has this idempotency key (or id).
 local window = tonumber(ARGV[1])
 local count = tonumber(ARGV[3])
 local results = {}
@@ -27,14 +27,14 @@ for i = 0, count - 1 do
       existing = redis.call('HGET', KEYS[1], first_id)
     end
   end
-  if not existing then
+  -- HSETNX stores the record unless a job with this id exists, in one command.
+  if not existing and redis.call('HSETNX', KEYS[1], id, record) == 0 then
     existing = redis.call('HGET', KEYS[1], id)
   end
 
   if existing then
-    results[#results + 1] = { existing, 0 }
+    results[#results + 1] = existing
   else
-    redis.call('HSET', KEYS[1], id, record)
     if run_at > 0 then
       redis.call('ZADD', KEYS[5], run_at, id)
     else
@@ -44,7 +44,7 @@ for i = 0, count - 1 do
     if unique > 0 then
       redis.call('SET', KEYS[unique], id, 'PX', window)
     end
-    results[#results + 1] = { record, 1 }
+    results[#results + 1] = 1
   end
 end
 
