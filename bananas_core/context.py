@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -32,7 +33,13 @@ class JobLogger(logging.LoggerAdapter):
 
 def job_logger(job: Job) -> JobLogger:
     """Return the logger a handler gets for ``job``, named ``bananas.job.<handler name>``."""
-    return JobLogger(logging.getLogger(f"bananas.job.{job.name}"), {"job_id": job.id, "job_name": job.name})
+    return JobLogger(_handler_logger(job.name), {"job_id": job.id, "job_name": job.name})
+
+
+@functools.lru_cache(maxsize=1024)
+def _handler_logger(name: str) -> logging.Logger:
+    # logging.getLogger takes a module-wide lock on every call, and a worker calls this per job.
+    return logging.getLogger(f"bananas.job.{name}")
 
 
 @dataclass(frozen=True)

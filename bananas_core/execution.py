@@ -19,6 +19,10 @@ from bananas_core.registry import Handler
 TRACEBACK_MAX_CHARS = 4000
 MESSAGE_MAX_CHARS = 2000
 
+# allow_nan=False: NaN and infinity are not JSON, and readers of the result would fail. Built
+# once, because json.dumps builds a new encoder per call when given options.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
 
 class JobTimeout(Exception):
     """Raised when a run exceeds its job's timeout."""
@@ -66,8 +70,7 @@ async def run_handler(
         raise JobTimeout(f"job {job.id} ({job.name}) exceeded its timeout of {job.timeout:g}s")
 
     try:
-        # allow_nan=False: NaN and infinity are not JSON, and readers of the result would fail.
-        json.dumps(result, allow_nan=False)
+        _STRICT_JSON.encode(result)
     except (TypeError, ValueError) as error:
         raise InvalidResult(
             f"handler {job.name!r} returned {type(result).__name__}, which is not JSON "

@@ -242,6 +242,8 @@ async def call_job_wrappers(
     of ``run`` propagates, and becomes the run's error.
     """
     impls = list(reversed(manager.hook.bananas_wrap_job.get_hookimpls()))
+    if not impls:
+        return await run()
 
     async def call_from(index: int) -> Any:
         if index == len(impls):

@@ -371,7 +371,8 @@ class Worker:
         logger.info(
             "Started job %s:%s attempt %d of %d", job.id, job.name, job.attempts, job.max_retries + 1
         )
-        await notify(self.plugins.manager, "bananas_job_started", job=job)
+        if self._observed("bananas_job_started"):
+            await notify(self.plugins.manager, "bananas_job_started", job=job)
         context = JobContext(
             job=job,
             logger=job_logger(job),

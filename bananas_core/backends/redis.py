@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import anyio
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
@@ -142,14 +143,11 @@ class RedisBackend(Backend):
     async def exchange(
         self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
     ) -> tuple[list[bool], list[Job]]:
-        args: list[object] = [
-            round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, len(outcomes),
-        ]
-        for outcome in outcomes:
-            args += [
-                outcome.job.id, outcome.job.token, outcome.kind, outcome.value,
-                round(outcome.retry_delay * 1000),
-            ]
+        encoded = orjson.dumps([
+            (outcome.job.id, outcome.job.token, outcome.kind, outcome.value, round(outcome.retry_delay * 1000))
+            for outcome in outcomes
+        ])
+        args = [round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, encoded]
         recorded, records = await self._eval("exchange", self._exchange_keys, args)
         return [flag == 1 for flag in recorded], [Job.from_record(record) for record in records]
 
