@@ -19,6 +19,7 @@ _ACCEPTS = {
     "API_HOST": "an IP address or host name to bind",
     "API_PORT": "a whole number from 1 to 65535",
     "WORKER_CONCURRENCY": "a whole number from 1 to 10000",
+    "WORKER_PREFETCH": "a whole number from 0 to 10000",
     "JOB_TIMEOUT": DURATION_HELP + ", at least 1ms",
     "MAX_RETRIES": "a whole number from 0 to 100",
     "LEASE_TIMEOUT": DURATION_HELP + ", at least 1s",
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     API_HOST: str = Field("127.0.0.1", min_length=1)
     API_PORT: int = Field(8080, ge=1, le=65535)
     WORKER_CONCURRENCY: int = Field(5, ge=1, le=10000)
+    # Jobs a worker leases beyond its free slots, so that it runs them while its next lease
+    # is on its way. 0 leases only for free slots, which spreads long jobs best across workers.
+    WORKER_PREFETCH: int = Field(0, ge=0, le=10000)
     # Records keep whole milliseconds, so a shorter timeout would be stored as 0.
     JOB_TIMEOUT: Duration = Field(300.0, ge=0.001)
     MAX_RETRIES: int = Field(3, ge=0, le=100)

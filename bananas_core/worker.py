@@ -23,7 +23,7 @@ from bananas_core.backends.base import Backend, RunOutcome, WorkerInfo
 from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import BackendError, PermanentError
 from bananas_core.execution import JobTimeout, UnknownHandler, describe_error, run_handler
-from bananas_core.job import Job, JobError, JobStatus, from_ms, now_ms, utc_now
+from bananas_core.job import PRIORITIES, Job, JobError, JobStatus, from_ms, now_ms, utc_now
 from bananas_core.metrics import JobStats, Outcome
 from bananas_core.plugins import Plugins, call_job_wrappers, notify, service_lifecycle
 from bananas_core.retry import exponential_backoff
@@ -54,6 +54,7 @@ class Worker:
         self.plugins = plugins
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = settings.WORKER_CONCURRENCY
+        self.prefetch = settings.WORKER_PREFETCH
         self.running: dict[str, Job] = {}  # leased jobs whose outcome is not recorded yet
         self._busy = 0  # jobs handed to the slots and not finished running
         self._ready: collections.deque[Job] = collections.deque()  # leased, not taken by a slot
@@ -198,9 +199,14 @@ class Worker:
         try:
             while True:
                 self._wake = anyio.Event()
+                if self._stopping:
+                    await self._release_prefetched()
                 # A slot waiting to announce a recorded outcome is free by the time the reply
                 # arrives, so the job leased for it waits in the buffer only briefly.
-                free = 0 if self._stopping else self.concurrency - self._busy + self._settling
+                free = (
+                    0 if self._stopping
+                    else self.concurrency + self.prefetch - self._busy + self._settling
+                )
                 lease_count = 0 if self._dry else free
                 if not self._outcomes and lease_count == 0:
                     if self._stopping and self._busy == 0:
@@ -230,7 +236,14 @@ class Worker:
                     for job in leased:
                         self.running[job.id] = job
                     self._busy += len(leased)
-                    self._ready.extend(leased)
+                    if self._ready:
+                        # Prefetched jobs wait here: a job leased later but of higher priority
+                        # goes before them. The sort is stable, so each priority stays FIFO.
+                        self._ready = collections.deque(
+                            sorted([*self._ready, *leased], key=_priority_rank)
+                        )
+                    else:
+                        self._ready.extend(leased)
                     self._ready_signal()
                 for entry, was_recorded in zip(finished, recorded):
                     self.running.pop(entry.outcome.job.id, None)
@@ -239,6 +252,15 @@ class Worker:
             # Outcomes of runs that ended as the worker was cancelled are still recorded.
             with anyio.CancelScope(shield=True):
                 await self._flush_outcomes()
+
+    async def _release_prefetched(self) -> None:
+        # On a stop, jobs that no slot has started go back to the head of their queue at once,
+        # instead of holding the worker up for the grace period.
+        while self._ready:
+            job = self._ready.pop()  # the last first, so LPUSH restores the queue's order
+            with anyio.CancelScope(shield=True):
+                await self._release(job)
+            self._busy -= 1
 
     async def _flush_outcomes(self) -> None:
         failures = 0
@@ -655,6 +677,10 @@ class _Finished:
     finished_at: float = field(default_factory=time.monotonic)
     settled: anyio.Event | None = None  # set once recorded, when the slot waits to announce it
     recorded: bool = False
+
+
+def _priority_rank(job: Job) -> int:
+    return PRIORITIES.index(job.priority)
 
 
 _OUTCOME_HOOKS = {

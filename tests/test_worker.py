@@ -184,6 +184,52 @@ async def test_strict_priority_and_fifo(backend_url: str, key_prefix: str) -> No
         assert RECORDED == ["high-2", "high-5", "normal-1", "normal-4", "low-0", "low-3"]
 
 
+async def test_prefetched_jobs_yield_to_higher_priority(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=3)
+    async with start_system(settings) as system:
+        blocker = await system.client.submit("async_sleep", {"seconds": 0.4})
+        await system.wait_for(blocker, {JobStatus.processing})
+        RECORDED.clear()
+        prefetched = [
+            await system.client.submit("record", {"tag": tag}, priority=priority)
+            for tag, priority in [("low-0", "low"), ("normal-1", "normal"), ("normal-2", "normal")]
+        ]
+        for job in prefetched:
+            await system.wait_for(job, {JobStatus.processing})
+        urgent = await system.client.submit("record", {"tag": "high-3"}, priority="high")
+
+        for job in [*prefetched, urgent]:
+            await system.wait_for(job)
+
+    assert RECORDED == ["high-3", "normal-1", "normal-2", "low-0"]
+
+
+async def test_stop_returns_prefetched_jobs_at_once(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(
+        backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=2, SHUTDOWN_GRACE=5
+    )
+    async with start_system(settings) as system:
+        running = await system.client.submit("async_sleep", {"seconds": 0.3})
+        await system.wait_for(running, {JobStatus.processing})
+        prefetched = [await system.client.submit("echo", {"n": n}) for n in range(2)]
+        for job in prefetched:
+            await system.wait_for(job, {JobStatus.processing})
+
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    try:
+        finished = await backend.get_job(running.id)
+        returned = [await backend.get_job(job.id) for job in prefetched]
+        queued = await backend.claim(10, "test-worker", 30)
+    finally:
+        await backend.close()
+    assert finished.status is JobStatus.completed
+    assert [job.status for job in returned] == [JobStatus.pending, JobStatus.pending]
+    assert [job.attempts for job in returned] == [0, 0]
+    # Returned to the head of the queue in their original order.
+    assert [job.id for job in queued] == [job.id for job in prefetched]
+
+
 async def test_failed_job_retries_then_succeeds(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("bananas_core.retry.BACKOFF_BASE", 0.05)
     async with start_system(make_settings(backend_url, key_prefix)) as system:

@@ -9,7 +9,7 @@ and ``PYTHONPATH`` pointing there, so ``benchmarks.queues.*`` imports in every e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 CONCURRENCY = 10
 BANANAS_KEY_PREFIX = "bench"
@@ -32,27 +32,29 @@ class QueueSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
+_BANANAS_ENV = {
+    "KEY_PREFIX": BANANAS_KEY_PREFIX,
+    "WORKER_CONCURRENCY": str(CONCURRENCY),
+    "PLUGINS": "benchmarks.queues.bananas_app",
+    # The plugins that the project's dev environment installs stay out of the worker.
+    "PLUGINS_BLOCK": "otel,email,http,data",
+    "LOG_LEVEL": "WARNING",
+}
+
 SPECS: dict[str, QueueSpec] = {
     "bananas": QueueSpec(
         name="bananas",
         module="benchmarks.queues.bananas_app",
         requirements=None,
-        distributions=("bananas", "redis", "anyio", "pydantic"),
+        distributions=("bananas", "redis", "hiredis", "orjson", "anyio", "pydantic"),
         worker=("bananas", "worker"),
         settings=(
             f"WORKER_CONCURRENCY={CONCURRENCY}, LOG_LEVEL=WARNING, async handler, "
             "PLUGINS_BLOCK=otel,email,http,data (the plugins of the project's dev environment), "
-            "other settings default (LEASE_TIMEOUT=30s, COMPLETED_TTL=1d; the bulk API sends batches of "
-            "MAX_BATCH_JOBS=100); no scheduler running"
+            "other settings default (WORKER_PREFETCH=0, LEASE_TIMEOUT=30s, COMPLETED_TTL=1d; the "
+            "bulk API sends batches of MAX_BATCH_JOBS=100); no scheduler running"
         ),
-        extra_env={
-            "KEY_PREFIX": BANANAS_KEY_PREFIX,
-            "WORKER_CONCURRENCY": str(CONCURRENCY),
-            "PLUGINS": "benchmarks.queues.bananas_app",
-            # The plugins that the project's dev environment installs stay out of the worker.
-            "PLUGINS_BLOCK": "otel,email,http,data",
-            "LOG_LEVEL": "WARNING",
-        },
+        extra_env=_BANANAS_ENV,
     ),
     "arq": QueueSpec(
         name="arq",
@@ -183,3 +185,12 @@ SPECS: dict[str, QueueSpec] = {
         ),
     ),
 }
+
+# The same worker, leasing up to 20 jobs beyond its free slots. Celery's workers prefetch 4 jobs
+# per unit of concurrency by default.
+SPECS["bananas-prefetch"] = replace(
+    SPECS["bananas"],
+    name="bananas-prefetch",
+    settings=f"as bananas, with WORKER_PREFETCH={2 * CONCURRENCY}",
+    extra_env={**_BANANAS_ENV, "WORKER_PREFETCH": str(2 * CONCURRENCY)},
+)
