@@ -143,6 +143,7 @@ class Client:
             jobs, [spec.unique_key for spec in specs], self.settings.IDEMPOTENCY_WINDOW
         )
         submissions = []
+        observed = bool(self.plugins.manager.hook.bananas_job_enqueued.get_hookimpls())
         for spec, requested, (job, created) in zip(specs, jobs, stored):
             if not created and (job.name, job.payload) != (requested.name, requested.payload):
                 # NOTE: in a batch, the other jobs are stored by now; only the reused key fails.
@@ -155,7 +156,8 @@ class Client:
                 logger.info(
                     "Enqueued job %s:%s with priority %s", job.id, job.name, job.priority.value
                 )
-                await notify(self.plugins.manager, "bananas_job_enqueued", job=job)
+                if observed:
+                    await notify(self.plugins.manager, "bananas_job_enqueued", job=job)
             else:
                 logger.info("Returned existing job %s:%s for a repeated submission", job.id, job.name)
             submissions.append(Submission(job, created))
@@ -172,14 +174,15 @@ class Client:
         # Options the caller left out take the handler's registered defaults first.
         handler = self.plugins.registry.get(spec.name)
         defaults = handler.job_defaults() if handler is not None else {}
-        spec = replace(
-            spec,
-            payload=handler.validate_payload(spec.payload) if handler is not None else spec.payload,
-            queue=spec.queue or defaults.get("queue"),
-            priority=spec.priority or defaults.get("priority") or Priority.normal,
-            max_retries=spec.max_retries if spec.max_retries is not None else defaults.get("max_retries"),
-            timeout=spec.timeout if spec.timeout is not None else defaults.get("timeout"),
-        )
+        if defaults or (handler is not None and handler.schema is not None):
+            spec = replace(
+                spec,
+                payload=handler.validate_payload(spec.payload) if handler is not None else spec.payload,
+                queue=spec.queue or defaults.get("queue"),
+                priority=spec.priority or defaults.get("priority") or Priority.normal,
+                max_retries=spec.max_retries if spec.max_retries is not None else defaults.get("max_retries"),
+                timeout=spec.timeout if spec.timeout is not None else defaults.get("timeout"),
+            )
         queue = spec.queue or self.settings.QUEUE
         if not QUEUE_PATTERN.match(queue):
             raise BananasError(
@@ -217,7 +220,7 @@ class Client:
             spec.name,
             spec.payload,
             queue=queue,
-            priority=spec.priority,
+            priority=spec.priority or Priority.normal,
             delay=delay,
             max_retries=self.settings.MAX_RETRIES if spec.max_retries is None else spec.max_retries,
             timeout=self.settings.JOB_TIMEOUT if spec.timeout is None else spec.timeout,

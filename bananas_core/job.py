@@ -92,7 +92,7 @@ class Job(BaseModel):
             "max_retries": self.max_retries,
             "timeout_ms": round(self.timeout * 1000),
             "created_at": round(self.created_at.timestamp() * 1000),
-            "payload": _COMPACT_JSON.encode(self.payload),
+            "payload": _encode_payload(self.payload),
             "token": self.token,
         }
         # Fields without a value are left out, as Lua scripts leave them out too.
@@ -142,6 +142,14 @@ class Job(BaseModel):
             progress_message=record.get("progress_message"),
             worker=record.get("worker"),
         )
+
+
+def _encode_payload(payload: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        # Integers beyond 64 bits are valid JSON, which only the json module writes.
+        return _COMPACT_JSON.encode(payload)
 
 
 def new_job_id() -> str:

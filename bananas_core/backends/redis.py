@@ -289,15 +289,18 @@ class RedisBackend(Backend):
         k = QueueKeys(self.prefix, queue)
         keys = [k.jobs, k.high, k.normal, k.low, k.scheduled, k.wakeup]
         list_index = {"high": 2, "normal": 3, "low": 4}
-        args: list[object] = [round(window * 1000), WAKEUP_TOKENS_MAX, len(jobs)]
+        placements: list[tuple[int, int, int]] = []
+        stored: list[str] = []
         for job, unique_key in zip(jobs, unique_keys):
             unique_index = 0
             if unique_key is not None:
                 keys.append(idempotency_key(self.prefix, queue, unique_key))
                 unique_index = len(keys)
             run_at = 0 if job.run_at is None else round(job.run_at.timestamp() * 1000)
-            args += [job.id, job.to_record(), run_at, list_index[job.priority.value], unique_index]
+            placements.append((run_at, list_index[job.priority.value], unique_index))
+            stored += [job.id, job.to_record()]
 
+        args = [round(window * 1000), WAKEUP_TOKENS_MAX, orjson.dumps(placements), *stored]
         results = await self._eval("submit", keys=keys, args=args)
         # A stored job is the one sent, so the script returns only an existing job's record.
         return [

@@ -1,23 +1,23 @@
 -- Store a batch of new jobs in one atomic step, honouring idempotency keys: all of the batch is
 -- stored or, when the script cannot run, none of it.
 -- KEYS: jobs, high, normal, low, scheduled, wakeup, then one idempotency key per job that has one
--- ARGV: idempotency window ms, wakeup token limit, job count, then 5 values per job:
---       id, record JSON, run_at ms (0: run now), index in KEYS of its priority list,
---       index in KEYS of its idempotency key (0: none)
+-- ARGV: idempotency window ms, wakeup token limit, placements: a JSON array with one
+--       [run_at ms (0: run now), index in KEYS of its priority list, index in KEYS of its
+--       idempotency key (0: none)] per job, then 2 values per job: id, record JSON.
+--       The placements travel as one argument because each argument costs the client more
+--       to send than decoding them costs Redis.
 -- Returns one entry per job, in order: 1 when it was stored (the caller has its record), or the
 -- record of the job that already has this idempotency key (or id).
 local window = tonumber(ARGV[1])
-local count = tonumber(ARGV[3])
 local results = {}
 local queued = false
 
-for i = 0, count - 1 do
-  local base = 4 + i * 5
-  local id = ARGV[base]
-  local record = ARGV[base + 1]
-  local run_at = tonumber(ARGV[base + 2])
-  local list = KEYS[tonumber(ARGV[base + 3])]
-  local unique = tonumber(ARGV[base + 4])
+for i, placement in ipairs(cjson.decode(ARGV[3])) do
+  local id = ARGV[2 + i * 2]
+  local record = ARGV[3 + i * 2]
+  local run_at = placement[1]
+  local list = KEYS[placement[2]]
+  local unique = placement[3]
 
   local existing = nil
   if unique > 0 then
