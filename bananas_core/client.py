@@ -174,10 +174,10 @@ class Client:
         # Options the caller left out take the handler's registered defaults first.
         handler = self.plugins.registry.get(spec.name)
         defaults = handler.job_defaults() if handler is not None else {}
-        if defaults or (handler is not None and handler.schema is not None):
+        if handler is not None and (defaults or handler.schema is not None):
             spec = replace(
                 spec,
-                payload=handler.validate_payload(spec.payload) if handler is not None else spec.payload,
+                payload=handler.validate_payload(spec.payload),
                 queue=spec.queue or defaults.get("queue"),
                 priority=spec.priority or defaults.get("priority") or Priority.normal,
                 max_retries=spec.max_retries if spec.max_retries is not None else defaults.get("max_retries"),
@@ -418,15 +418,16 @@ def _check_json(payload: dict[str, Any], where: str) -> None:
 
 
 def _depth(value: Any) -> int:
-    # Iterative, so that a very deep payload cannot exhaust the stack here.
+    # Iterative, so that a very deep payload cannot exhaust the stack here. Only containers
+    # go on the stack, so a flat payload costs one pass over its values.
+    if not isinstance(value, (dict, list)):
+        return 0
     deepest = 0
     stack = [(value, 1)]
     while stack:
         current, level = stack.pop()
-        if isinstance(current, dict):
-            deepest = max(deepest, level)
-            stack.extend((item, level + 1) for item in current.values())
-        elif isinstance(current, list):
-            deepest = max(deepest, level)
-            stack.extend((item, level + 1) for item in current)
+        deepest = max(deepest, level)
+        for item in current.values() if isinstance(current, dict) else current:
+            if isinstance(item, (dict, list)):
+                stack.append((item, level + 1))
     return deepest

@@ -39,6 +39,8 @@ _BANANAS_ENV = {
     # The plugins that the project's dev environment installs stay out of the worker.
     "PLUGINS_BLOCK": "otel,email,http,data",
     "LOG_LEVEL": "WARNING",
+    # The producer's batches: the peers' bulk APIs take all 10,000 jobs in one call.
+    "MAX_BATCH_JOBS": "1000",
 }
 
 SPECS: dict[str, QueueSpec] = {
@@ -51,8 +53,8 @@ SPECS: dict[str, QueueSpec] = {
         settings=(
             f"WORKER_CONCURRENCY={CONCURRENCY}, LOG_LEVEL=WARNING, async handler, "
             "PLUGINS_BLOCK=otel,email,http,data (the plugins of the project's dev environment), "
-            "other settings default (WORKER_PREFETCH=0, LEASE_TIMEOUT=30s, COMPLETED_TTL=1d; the "
-            "bulk API sends batches of MAX_BATCH_JOBS=100); no scheduler running"
+            "MAX_BATCH_JOBS=1000 (the bulk API sends batches of 1,000 jobs), other settings "
+            "default (WORKER_PREFETCH=0, LEASE_TIMEOUT=30s, COMPLETED_TTL=1d); no scheduler running"
         ),
         extra_env=_BANANAS_ENV,
     ),
