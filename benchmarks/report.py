@@ -252,6 +252,8 @@ def _multi(queues: dict[str, dict[str, Any]]) -> str:
                 _cell(multi),
                 speedup,
                 _cell(summarize(_values(drains, "drain_rate_all"))),
+                _cell(summarize(_values(queue.get("drain", []), "drain_redis_cpu_share")), 2),
+                _cell(summarize(_values(drains, "drain_redis_cpu_share")), 2),
                 _cell(summarize(_values(drains, "worker_pss", MIB)), 1),
             ]
         )
@@ -263,9 +265,14 @@ def _multi(queues: dict[str, dict[str, Any]]) -> str:
         "drain (jobs/s, after the first 10 % of jobs)",
         "vs 1 process",
         "same, from the first job (jobs/s)",
+        "Redis CPU (cores), 1 process",
+        f"Redis CPU (cores), {rows[0][1]} processes",
         "workers' PSS after (MiB)",
     ]
-    return "## Drain with one worker process per core\n\n" + _table(header, rows)
+    return (
+        "## Drain with `bananas worker --processes N`, one process per core\n\n"
+        + _table(header, rows)
+    )
 
 
 def _http(queues: dict[str, dict[str, Any]]) -> str:

@@ -281,8 +281,8 @@ def _run_workloads(
                 if bulk is not None:
                     queues[name].setdefault("bulk", []).append(bulk)
 
-    # Workloads of bananas alone: the peers have no HTTP API, and several bananas worker
-    # processes replace the --processes flag that bananas lacks.
+    # Workloads of bananas alone: the peers have no HTTP API and no multi-process mode of
+    # their own worker command that shares nothing but Redis.
     bananas = benches.get("bananas")
     if bananas is None:
         return

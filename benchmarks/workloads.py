@@ -101,11 +101,13 @@ class Bench:
         ]
 
     def start_workers(self, count: int, label: str) -> list[Service]:
-        workers = []
-        for number in range(count):
-            log_path = self.options.log_dir / f"{self.spec.name}-{label}-worker{number}.log"
-            workers.append(Service(self.worker_argv(), self.env, ROOT, log_path))
-        return workers
+        """Start one worker process, or for ``count`` > 1 ``bananas worker --processes count``."""
+        log_path = self.options.log_dir / f"{self.spec.name}-{label}-worker0.log"
+        argv = self.worker_argv()
+        if count > 1:
+            # The supervisor runs the worker processes; its process tree is measured as one.
+            argv = [*argv, "--processes", str(count)]
+        return [Service(argv, self.env, ROOT, log_path)]
 
     @staticmethod
     def stop(services: list[Service]) -> None:
@@ -142,6 +144,7 @@ class Bench:
         )
         memory_queued = self.queue.used_memory()
         cpu_before_drain = self.queue.cpu_seconds()
+        clock_before_drain = time.monotonic()
         self.queue.client.config_resetstat()
 
         label = f"drain{processes}-rep{rep}"
@@ -150,6 +153,7 @@ class Bench:
         try:
             runs, end = self._wait_for_drain(key, workers)
             cpu_after_drain = self.queue.cpu_seconds()
+            clock_after_drain = time.monotonic()
             if runs == jobs:
                 time.sleep(SETTLE_SECONDS)  # lets the last acknowledgement reach Redis
             commands = self.queue.command_calls()
@@ -179,6 +183,9 @@ class Bench:
             # Redis CPU time per job, in microseconds: its cost on the server side.
             "enqueue_redis_cpu_us": 1e6 * (cpu_before_drain - cpu_before_enqueue) / jobs,
             "drain_redis_cpu_us": 1e6 * (cpu_after_drain - cpu_before_drain) / runs,
+            # Cores Redis kept busy during the drain: near 1, Redis is the bottleneck.
+            "drain_redis_cpu_share": (cpu_after_drain - cpu_before_drain)
+            / (clock_after_drain - clock_before_drain),
             "queued_bytes_per_job": (memory_queued - memory_before) / jobs,
             # Jobs left in the queue after a cut-short drain would count as kept.
             "retained_bytes_per_job": (memory_after - memory_before) / jobs
