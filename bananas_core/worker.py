@@ -69,6 +69,8 @@ class Worker:
         self._control_failures = 0
         self.started_at = now_ms()
         self._stopping = False
+        self._waiting_idle = False  # the exchange loop blocks in wait_and_lease
+        self._waiter_blocked = False  # the idle waiter blocks in wait_for_jobs
         self._wake: anyio.Event | None = None  # set when the exchange loop has work
         self._need_jobs: anyio.Event | None = None  # set when the idle waiter should block
         self._stop_requested: anyio.Event | None = None
@@ -211,6 +213,11 @@ class Worker:
                 if not self._outcomes and lease_count == 0:
                     if self._stopping and self._busy == 0:
                         return
+                    if free > 0 and self._busy == 0 and not self._waiter_blocked:
+                        # Nothing runs, so no outcome can arrive: block and lease in one call.
+                        # Not while the idle waiter blocks too: it would take the next token.
+                        failures = await self._wait_and_lease(free, failures)
+                        continue
                     if free > 0 and self._need_jobs is not None:
                         self._need_jobs.set()  # the idle waiter blocks on the wake-up list
                     await self._wake.wait()
@@ -232,19 +239,7 @@ class Worker:
                     continue
 
                 self._dry = len(leased) < lease_count
-                if leased:
-                    for job in leased:
-                        self.running[job.id] = job
-                    self._busy += len(leased)
-                    if self._ready:
-                        # Prefetched jobs wait here: a job leased later but of higher priority
-                        # goes before them. The sort is stable, so each priority stays FIFO.
-                        self._ready = collections.deque(
-                            sorted([*self._ready, *leased], key=_priority_rank)
-                        )
-                    else:
-                        self._ready.extend(leased)
-                    self._ready_signal()
+                self._dispatch(leased)
                 for entry, was_recorded in zip(finished, recorded):
                     self.running.pop(entry.outcome.job.id, None)
                     self._settle(entry, was_recorded)
@@ -252,6 +247,41 @@ class Worker:
             # Outcomes of runs that ended as the worker was cancelled are still recorded.
             with anyio.CancelScope(shield=True):
                 await self._flush_outcomes()
+
+    async def _wait_and_lease(self, free: int, failures: int) -> int:
+        """Block on the wake-up list and lease up to ``free`` jobs; return the failure count."""
+        self._waiting_idle = True
+        try:
+            # Shielded, because the lease may have run in Redis when a cancellation arrives; a
+            # stop ends the wait at once through interrupt_wait.
+            with anyio.CancelScope(shield=True):
+                leased = await self.backend.wait_and_lease(
+                    IDLE_WAIT, free, self.id, self.settings.LEASE_TIMEOUT
+                )
+        except BackendError as error:
+            failures += 1
+            await self._backoff("wait for jobs", error, failures)
+            return failures
+        finally:
+            self._waiting_idle = False
+        self._dry = len(leased) < free
+        self._dispatch(leased)
+        return 0
+
+    def _dispatch(self, leased: list[Job]) -> None:
+        """Hand leased jobs to the slots."""
+        if not leased:
+            return
+        for job in leased:
+            self.running[job.id] = job
+        self._busy += len(leased)
+        if self._ready:
+            # Prefetched jobs wait here: a job leased later but of higher priority goes before
+            # them. The sort is stable, so each priority stays FIFO.
+            self._ready = collections.deque(sorted([*self._ready, *leased], key=_priority_rank))
+        else:
+            self._ready.extend(leased)
+        self._ready_signal()
 
     async def _release_prefetched(self) -> None:
         # On a stop, jobs that no slot has started go back to the head of their queue at once,
@@ -306,12 +336,17 @@ class Worker:
         while True:
             await self._need_jobs.wait()
             self._need_jobs = anyio.Event()
+            if self._waiting_idle:
+                continue  # the exchange loop blocks on the wake-up list itself
+            self._waiter_blocked = True
             try:
                 await self.backend.wait_for_jobs(IDLE_WAIT)
                 failures = 0
             except BackendError as error:
                 failures += 1
                 await self._backoff("wait for jobs", error, failures)
+            finally:
+                self._waiter_blocked = False
             # A token or the timeout: either way the next lease looks at the queue again.
             self._dry = False
             self._wake_exchange()
@@ -320,6 +355,14 @@ class Worker:
         # Running jobs get SHUTDOWN_GRACE to finish, and the rest are cancelled and released.
         assert self._stop_requested is not None
         await self._stop_requested.wait()
+        if self._waiting_idle:
+            try:
+                await self.backend.interrupt_wait(self.id)
+            except BackendError as error:
+                logger.warning(
+                    "Worker %s could not end its wait for jobs; it ends within %gs: %s",
+                    self.id, IDLE_WAIT, error,
+                )
         await anyio.sleep(self.settings.SHUTDOWN_GRACE)
         if self._busy and self._jobs_scope is not None:
             logger.warning(

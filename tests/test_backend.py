@@ -407,3 +407,32 @@ async def test_scripts_are_loaded_again_after_the_server_forgot_them() -> None:
         assert len(leased) == 1
     finally:
         await backend.close()
+
+
+async def test_wait_and_lease_returns_a_job_submitted_while_waiting(backend: Backend) -> None:
+    job = make_job()
+
+    async def submit_later() -> None:
+        await anyio.sleep(0.1)
+        await backend.enqueue(job)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(submit_later)
+        with anyio.fail_after(4):
+            leased = await backend.wait_and_lease(5, 3, "w", 30)
+
+    assert [each.id for each in leased] == [job.id]
+    assert leased[0].status is JobStatus.processing
+
+
+async def test_interrupt_wait_ends_an_idle_wait(backend: Backend) -> None:
+    async def interrupt_later() -> None:
+        await anyio.sleep(0.1)
+        await backend.interrupt_wait("w")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(interrupt_later)
+        with anyio.fail_after(4):
+            leased = await backend.wait_and_lease(5, 3, "w", 30)
+
+    assert leased == []

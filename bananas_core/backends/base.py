@@ -16,9 +16,9 @@ from bananas_core.job import Job, JobError, JobStatus
 class RunOutcome:
     """How one run of a leased job ended, as the worker hands it to ``Backend.exchange``.
 
-    ``kind`` is ``completed`` (``value`` is the result's JSON, or '' for None), ``retry`` (run
-    again ``retry_delay`` seconds from now) or ``dead`` (to the dead letter queue); for the
-    last two ``value`` is the error's JSON.
+    ``kind`` is ``completed``, ``retry`` (run again ``retry_delay`` seconds from now) or
+    ``dead`` (to the dead letter queue). ``value`` is the result's JSON for ``completed`` ('' for
+    None), and the error's JSON for the other two.
     """
 
     job: Job
@@ -72,6 +72,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def wait_for_jobs(self, timeout: float) -> None:
         """Block until a job may be waiting or ``timeout`` seconds pass."""
+
+    async def wait_and_lease(self, timeout: float, count: int, worker: str, lease: float) -> list[Job]:
+        """Block as ``wait_for_jobs`` does, or until ``interrupt_wait(worker)``, then lease up to ``count`` jobs.
+
+        A backend may do both in one round trip, which is what an idle worker's pickup
+        latency is made of.
+        """
+        await self.wait_for_jobs(timeout)
+        _, jobs = await self.exchange([], count, worker, lease)
+        return jobs
+
+    async def interrupt_wait(self, worker: str) -> None:
+        """End the ``wait_and_lease`` call of ``worker`` early, so that it can stop."""
 
     @abc.abstractmethod
     async def complete(self, job: Job, result: object) -> bool:

@@ -74,6 +74,10 @@ class QueueKeys:
         """List that idle workers block on, so a new job starts without a poll interval."""
         return f"{self.base}:wakeup"
 
+    def interrupt(self, worker: str) -> str:
+        """List that one idle worker blocks on besides ``wakeup``: a token here ends its wait."""
+        return f"{self.base}:interrupt:{worker}"
+
     @property
     def priority_lists(self) -> list[str]:
         """The three priority lists, highest first: the order a worker takes jobs in."""

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SOCKET_TIMEOUT = 10.0  # seconds to connect or to wait for a reply before a command fails
+INTERRUPT_TTL = 60.0  # seconds an interrupt token waits for its worker
 
 
 def _translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -90,15 +91,19 @@ class RedisBackend(Backend):
         ]
         self._scripts: dict[str, _Script] = {}  # loaded from the package on first use
 
+    def _script(self, name: str) -> _Script:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = _Script(_load_script(name))
+        return script
+
     async def _eval(self, name: str, keys: list[str], args: list[object]) -> Any:
         """Run the script ``name`` with EVALSHA, loading it first if the server lacks it.
 
         Called straight through ``execute_command``: redis-py's Script wrapper costs several
         microseconds per call in type checks, and every job passes through two scripts.
         """
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = _Script(_load_script(name))
+        script = self._script(name)
         try:
             return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -159,6 +164,34 @@ class RedisBackend(Backend):
     async def wait_for_jobs(self, timeout: float) -> None:
         # BLPOP takes whole or fractional seconds; 0 would block forever.
         await self.client.blpop([self.keys.wakeup], timeout=max(timeout, 0.01))
+
+    @_translate_errors
+    async def wait_and_lease(self, timeout: float, count: int, worker: str, lease: float) -> list[Job]:
+        # Redis runs a connection's commands in order, so the lease sent behind BLPOP runs the
+        # moment BLPOP returns: one round trip from the wake-up to the leased jobs.
+        script = self._script("exchange")
+        args = [round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, b"[]"]
+        waited = [self.keys.wakeup, self.keys.interrupt(worker)]
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.blpop(waited, timeout=max(timeout, 0.01))
+                pipe.execute_command(
+                    "EVALSHA", script.sha, len(self._exchange_keys), *self._exchange_keys, *args
+                )
+                _, (_, records) = await pipe.execute()
+        except NoScriptError:
+            # BLPOP has run by now; the server forgot its scripts, so lease without waiting.
+            _, jobs = await self.exchange([], count, worker, lease)
+            return jobs
+        return [Job.from_record(record) for record in records]
+
+    @_translate_errors
+    async def interrupt_wait(self, worker: str) -> None:
+        key = self.keys.interrupt(worker)
+        async with self.client.pipeline(transaction=True) as pipe:
+            # The token expires, in case the worker was not waiting and never takes it.
+            pipe.rpush(key, "1").pexpire(key, round(INTERRUPT_TTL * 1000))
+            await pipe.execute()
 
     async def complete(self, job: Job, result: object) -> bool:
         encoded = "" if result is None else json.dumps(result)
