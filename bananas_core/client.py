@@ -143,7 +143,9 @@ class Client:
             jobs, [spec.unique_key for spec in specs], self.settings.IDEMPOTENCY_WINDOW
         )
         submissions = []
+        # Both checked once per batch rather than once per job.
         observed = bool(self.plugins.manager.hook.bananas_job_enqueued.get_hookimpls())
+        log_enqueued = logger.isEnabledFor(logging.INFO)
         for spec, requested, (job, created) in zip(specs, jobs, stored):
             if not created and (job.name, job.payload) != (requested.name, requested.payload):
                 # NOTE: in a batch, the other jobs are stored by now; only the reused key fails.
@@ -153,9 +155,10 @@ class Client:
                     job,
                 )
             if created:
-                logger.info(
-                    "Enqueued job %s:%s with priority %s", job.id, job.name, job.priority.value
-                )
+                if log_enqueued:
+                    logger.info(
+                        "Enqueued job %s:%s with priority %s", job.id, job.name, job.priority.value
+                    )
                 if observed:
                     await notify(self.plugins.manager, "bananas_job_enqueued", job=job)
             else:

@@ -106,6 +106,39 @@ async def _warmup(producer: Any, args: argparse.Namespace) -> dict[str, Any]:
 COMMANDS = {"enqueue": _enqueue, "latency": _latency, "warmup": _warmup}
 
 
+async def _ping(args: argparse.Namespace) -> dict[str, Any]:
+    """Time ``count`` PINGs awaited one by one, then ``count`` PINGs in pipelines of 100.
+
+    The baseline for one enqueue per call: one round trip of redis-py's asyncio client (with
+    the parser this environment installs) and nothing around it.
+    """
+    import redis.asyncio
+
+    url = os.environ.get("BENCH_REDIS_URL") or os.environ["REDIS_URL"]
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        await client.ping()  # connects outside the timed loops
+        started = time.perf_counter()
+        for _ in range(args.count):
+            await client.ping()
+        awaited = time.perf_counter() - started
+
+        started = time.perf_counter()
+        for _ in range(args.count // 100):
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(100):
+                    pipe.ping()
+                await pipe.execute()
+        pipelined = time.perf_counter() - started
+    finally:
+        await client.aclose()
+    return {
+        "count": args.count,
+        "awaited_rate": args.count / awaited,
+        "pipelined_rate": (args.count // 100) * 100 / pipelined,
+    }
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     module = importlib.import_module(args.module)
     producer = module.Producer()
@@ -148,6 +181,9 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait for the last start"
     )
 
+    ping = commands.add_parser("ping", help="time bare redis-py round trips, the enqueue baseline")
+    ping.add_argument("--count", type=int, required=True, help="PINGs per mode")
+
     warmup = commands.add_parser("warmup", help="run one job end to end")
     warmup.add_argument("--key", required=True, help="probe key the job reports under")
     warmup.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the run")
@@ -158,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "describe":
         _emit(_describe(args.module, args.distributions))
+        return
+    if args.command == "ping":
+        _emit(asyncio.run(_ping(args)))
         return
     _emit(asyncio.run(_run(args)))
 

@@ -1,4 +1,5 @@
-"""Load generators for ``POST /jobs``: wrk when it is installed, else an httpx async loop.
+"""Load generators for ``POST /jobs`` and ``POST /jobs/batch``: wrk when it is installed, else
+an httpx async loop.
 
 Both stop after a fixed time, and the httpx loop also after a fixed number of requests.
 """
@@ -7,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -18,14 +22,34 @@ from benchmarks.stats import percentile
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_post_job.lua"
 JOB_BODY = {"name": "bench_job", "payload": {"key": "bench:http", "total": 0}}
+BATCH_JOBS = 100  # jobs in one POST /jobs/batch request: the API's default MAX_BATCH_JOBS
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A request the load generators repeat."""
+
+    label: str
+    path: str
+    body: dict[str, Any]
+    jobs_per_request: int
+
+
+ENDPOINTS = (
+    Endpoint("POST /jobs", "/jobs", JOB_BODY, 1),
+    Endpoint(
+        f"POST /jobs/batch, {BATCH_JOBS} jobs", "/jobs/batch", {"jobs": [JOB_BODY] * BATCH_JOBS},
+        BATCH_JOBS,
+    ),
+)
 
 
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(base_url: str, seconds: float, connections: int) -> dict[str, object]:
-    """Run wrk with one thread for ``seconds`` and return its figures."""
+def run_wrk(base_url: str, seconds: float, connections: int, endpoint: Endpoint) -> dict[str, object]:
+    """Run wrk with one thread for ``seconds`` against ``endpoint`` and return its figures."""
     argv = [
         "wrk",
         "--threads",
@@ -40,8 +64,9 @@ def run_wrk(base_url: str, seconds: float, connections: int) -> dict[str, object
         str(WRK_SCRIPT),
         base_url,
     ]
+    env = {**os.environ, "BENCH_PATH": endpoint.path, "BENCH_BODY": json.dumps(endpoint.body)}
     completed = subprocess.run(
-        argv, capture_output=True, text=True, timeout=seconds + 60, check=False
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=False, env=env
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if completed.returncode != 0 or not lines:
@@ -52,6 +77,8 @@ def run_wrk(base_url: str, seconds: float, connections: int) -> dict[str, object
     elapsed = figures["duration_us"] / 1e6
     return {
         "tool": f"wrk -t1 -c{connections}",
+        "endpoint": endpoint.label,
+        "jobs_per_request": endpoint.jobs_per_request,
         "requests": figures["requests"],
         "seconds": elapsed,
         "rate": figures["requests"] / elapsed,
@@ -63,14 +90,14 @@ def run_wrk(base_url: str, seconds: float, connections: int) -> dict[str, object
 
 
 def run_httpx(
-    base_url: str, seconds: float, connections: int, max_requests: int
+    base_url: str, seconds: float, connections: int, max_requests: int, endpoint: Endpoint
 ) -> dict[str, object]:
     """Run ``connections`` concurrent request loops for ``seconds`` or ``max_requests`` in all."""
-    return asyncio.run(_httpx_load(base_url, seconds, connections, max_requests))
+    return asyncio.run(_httpx_load(base_url, seconds, connections, max_requests, endpoint))
 
 
 async def _httpx_load(
-    base_url: str, seconds: float, connections: int, max_requests: int
+    base_url: str, seconds: float, connections: int, max_requests: int, endpoint: Endpoint
 ) -> dict[str, object]:
     latencies: list[float] = []
     errors = 0
@@ -81,7 +108,7 @@ async def _httpx_load(
         while time.perf_counter() < deadline and len(latencies) + errors < max_requests:
             started = time.perf_counter()
             try:
-                response = await client.post("/jobs", json=JOB_BODY)
+                response = await client.post(endpoint.path, json=endpoint.body)
             except httpx.HTTPError:
                 errors += 1
                 continue
@@ -97,9 +124,11 @@ async def _httpx_load(
         elapsed = time.perf_counter() - started
 
     if not latencies:
-        raise RuntimeError(f"no POST /jobs succeeded against {base_url} ({errors} errors)")
+        raise RuntimeError(f"no {endpoint.label} succeeded against {base_url} ({errors} errors)")
     return {
         "tool": f"httpx, {connections} concurrent loops",
+        "endpoint": endpoint.label,
+        "jobs_per_request": endpoint.jobs_per_request,
         "requests": len(latencies) + errors,
         "seconds": elapsed,
         "rate": (len(latencies) + errors) / elapsed,

@@ -264,6 +264,12 @@ def _run_workloads(
     # Runs of different queues alternate, so a change of machine load spreads over all queues.
     for rep in range(options.reps):
         for name, bench in benches.items():
+            if "drain" in workloads and name == "bananas":
+                # The baseline of a single enqueue, measured next to it.
+                log(f"bare redis-py round trips, run {rep + 1} of {options.reps}")
+                baseline = _guarded(queues[name], name, "round trips", bench.round_trips)
+                if baseline is not None:
+                    queues[name].setdefault("round_trips", []).append(baseline)
             if "drain" in workloads:
                 log(
                     f"{name}: enqueue and drain {options.jobs} jobs, run {rep + 1} of {options.reps}"

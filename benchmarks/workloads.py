@@ -227,6 +227,10 @@ class Bench:
             return None
         return int(self.queue.client.zcard(f"{BANANAS_KEY_PREFIX}:{{default}}:completed"))
 
+    def round_trips(self) -> dict[str, Any]:
+        """Time bare redis-py round trips from one process: the baseline of a single enqueue."""
+        return self.driver("ping", "--count", str(self.options.jobs), timeout=60 + self.options.jobs / 100)
+
     def bulk_enqueue(self) -> dict[str, Any]:
         """Time the queue's bulk enqueue API on ``jobs`` jobs."""
         self.reset()
@@ -289,7 +293,7 @@ class Bench:
         }
 
     def http(self) -> list[dict[str, Any]]:
-        """Measure ``POST /jobs`` on one ``bananas api`` process, ``reps`` times."""
+        """Measure ``POST /jobs`` and ``POST /jobs/batch`` on one ``bananas api`` process, ``reps`` times each."""
         self.reset()
         options = self.options
         port = free_port()
@@ -302,24 +306,28 @@ class Bench:
             _wait_for_http(base_url, api, timeout=30)
             jobs_key = f"{BANANAS_KEY_PREFIX}:{{default}}:jobs"
             for _ in range(options.reps):
-                stored_before = self.queue.client.hlen(jobs_key)
-                run = self._http_run(base_url)
-                run["stored"] = self.queue.client.hlen(jobs_key) - stored_before
-                runs.append(run)
-                api.check_running()
+                for endpoint in http_load.ENDPOINTS:
+                    stored_before = self.queue.client.hlen(jobs_key)
+                    run = self._http_run(base_url, endpoint)
+                    run["stored"] = self.queue.client.hlen(jobs_key) - stored_before
+                    runs.append(run)
+                    api.check_running()
         finally:
             api.stop()
         return runs
 
-    def _http_run(self, base_url: str) -> dict[str, Any]:
+    def _http_run(self, base_url: str, endpoint: http_load.Endpoint) -> dict[str, Any]:
         options = self.options
         use_wrk = options.http_tool == "wrk" or (
             options.http_tool == "auto" and http_load.wrk_available()
         )
         if use_wrk:
-            return http_load.run_wrk(base_url, options.http_seconds, options.http_connections)
+            return http_load.run_wrk(
+                base_url, options.http_seconds, options.http_connections, endpoint
+            )
         return http_load.run_httpx(
-            base_url, options.http_seconds, options.http_connections, options.http_max_requests
+            base_url, options.http_seconds, options.http_connections, options.http_max_requests,
+            endpoint,
         )
 
 

@@ -1,9 +1,10 @@
--- wrk script: POST one small bench_job to /jobs on every request, and print the figures
--- the harness reads as one JSON line (latencies in microseconds).
+-- wrk script: POST the same body on every request, and print the figures the harness reads as
+-- one JSON line (latencies in microseconds). BENCH_PATH and BENCH_BODY choose the endpoint and
+-- the body; without them it posts one small bench_job to /jobs.
 wrk.method = "POST"
-wrk.path = "/jobs"
+wrk.path = os.getenv("BENCH_PATH") or "/jobs"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"name": "bench_job", "payload": {"key": "bench:http", "total": 0}}'
+wrk.body = os.getenv("BENCH_BODY") or '{"name": "bench_job", "payload": {"key": "bench:http", "total": 0}}'
 
 done = function(summary, latency, requests)
   local errors = summary.errors

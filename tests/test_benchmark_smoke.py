@@ -106,8 +106,13 @@ def test_smoke_latency_figures(results: dict) -> None:
 
 
 def test_smoke_http_figures(results: dict) -> None:
-    (run,) = results["queues"]["bananas"]["http"]
+    single, batch = results["queues"]["bananas"]["http"]
 
-    assert run["requests"] > 0
-    assert run["errors"] == 0
-    assert run["stored"] == run["requests"]
+    assert single["endpoint"] == "POST /jobs"
+    assert single["requests"] > 0
+    assert single["errors"] == 0
+    assert single["stored"] == single["requests"]
+    assert batch["endpoint"].startswith("POST /jobs/batch")
+    assert batch["requests"] > 0
+    assert batch["errors"] == 0
+    assert batch["stored"] == batch["requests"] * batch["jobs_per_request"]
