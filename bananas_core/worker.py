@@ -254,6 +254,7 @@ class Worker:
         try:
             # Shielded, because the lease may have run in Redis when a cancellation arrives; a
             # stop ends the wait at once through interrupt_wait.
+            # NOTE: with Redis unreachable, a stop waits here for the socket timeout (10 s).
             with anyio.CancelScope(shield=True):
                 leased = await self.backend.wait_and_lease(
                     IDLE_WAIT, free, self.id, self.settings.LEASE_TIMEOUT
