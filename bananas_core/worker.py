@@ -119,7 +119,7 @@ class Worker:
         if not self._stopping:
             logger.info(
                 "Worker %s stopping: waiting up to %gs for %d running jobs",
-                self.id, self.settings.SHUTDOWN_GRACE, self._busy,
+                self.id, self.settings.SHUTDOWN_GRACE, self._busy - len(self._ready),
             )
         self._stopping = True
         if self._stop_requested is not None:
@@ -287,6 +287,8 @@ class Worker:
     async def _release_prefetched(self) -> None:
         # On a stop, jobs that no slot has started go back to the head of their queue at once,
         # instead of holding the worker up for the grace period.
+        # NOTE: a prefetched job's lease counts toward POISON_THRESHOLD like a running one's when
+        # its worker dies, although it never started.
         while self._ready:
             job = self._ready.pop()  # the last first, so LPUSH restores the queue's order
             with anyio.CancelScope(shield=True):

@@ -95,7 +95,7 @@ async def test_stale_token_cannot_complete(backend: Backend) -> None:
     assert (await backend.get_job(job.id)).result == {"fresh": True}
 
 
-async def test_exchange_records_outcomes_and_leases_next_jobs_in_one_call(backend: Backend) -> None:
+async def test_exchange_records_and_leases_together(backend: Backend) -> None:
     done, retried, dead, stale, waiting = (make_job() for _ in range(5))
     for job in (done, retried, dead, stale):
         await backend.enqueue(job)
@@ -436,3 +436,27 @@ async def test_interrupt_wait_ends_an_idle_wait(backend: Backend) -> None:
             leased = await backend.wait_and_lease(5, 3, "w", 30)
 
     assert leased == []
+
+
+async def test_exchange_repeat_reports_recorded(backend: Backend) -> None:
+    done, retried, dead = (make_job() for _ in range(3))
+    for job in (done, retried, dead):
+        await backend.enqueue(job)
+    leased = {job.id: job for job in await backend.claim(3, "w", 30)}
+    error = JobError(type="RuntimeError", message="boom").model_dump_json()
+    outcomes = [
+        RunOutcome(leased[done.id], "completed", '{"n": 1}'),
+        RunOutcome(leased[retried.id], "retry", error, 60),
+        RunOutcome(leased[dead.id], "dead", error),
+    ]
+    await backend.exchange(outcomes, 0, "w", 30)
+
+    # The worker sends the same outcomes again, as after a reply lost on the way back.
+    recorded, _ = await backend.exchange(outcomes, 0, "w", 30)
+    other_result, _ = await backend.exchange(
+        [RunOutcome(leased[done.id], "completed", '{"n": 2}')], 0, "w", 30
+    )
+
+    assert recorded == [True, True, True]
+    assert other_result == [False]
+    assert (await backend.get_job(retried.id)).retries == 1

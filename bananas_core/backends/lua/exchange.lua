@@ -7,8 +7,8 @@
 --       rather than five per outcome because packing arguments costs the worker more than
 --       decoding costs Redis. kind 'completed' stores value as the result ('' for none);
 --       'retry' and 'dead' store it as the error, and 'retry' runs the job again after the delay.
--- Returns {one flag per outcome: 1 recorded, 0 stale token (another delivery owns the job),
---          the leased records}.
+-- Returns {one flag per outcome: 1 recorded (now or by an earlier call with the same outcome),
+--          0 stale token (another delivery owns the job), the leased records}.
 -- Times come from the Redis server's clock, so the clocks of workers and schedulers need not agree.
 local server_time = redis.call('TIME')
 local now = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
@@ -21,11 +21,28 @@ local function wake_one_worker()
   redis.call('LTRIM', KEYS[7], -tonumber(ARGV[3]), -1)
 end
 
+-- A worker sends its outcomes again when the reply to a call was lost. So an outcome whose
+-- lease is gone may be one this script recorded already. The record then carries this
+-- delivery's token and exactly this result or error.
+local function recorded_before(id, token, kind, value)
+  local ok, job = pcall(cjson.decode, redis.call('HGET', KEYS[6], id) or '')
+  if not ok or tostring(job.token) ~= tostring(token) then
+    return 0
+  end
+  if kind == 'completed' then
+    return (job.status == 'completed' and (job.result or '') == value) and 1 or 0
+  end
+  if kind == 'dead' then
+    return (job.status == 'dead' and job.error == value) and 1 or 0
+  end
+  return ((job.status == 'scheduled' or job.status == 'pending') and job.error == value) and 1 or 0
+end
+
 for _, outcome in ipairs(cjson.decode(ARGV[6])) do
   local id, token, kind, value, delay = outcome[1], outcome[2], outcome[3], outcome[4], outcome[5]
 
   if redis.call('HGET', KEYS[5], id) ~= tostring(token) then
-    recorded[#recorded + 1] = 0
+    recorded[#recorded + 1] = recorded_before(id, token, kind, value)
   else
     redis.call('ZREM', KEYS[4], id)
     redis.call('HDEL', KEYS[5], id)
