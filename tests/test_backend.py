@@ -395,7 +395,7 @@ async def test_expired_job_with_cancel_request_is_cancelled(backend: RedisBacken
     assert (await backend.counts()).normal == 0
 
 
-async def test_scripts_are_loaded_again_after_the_server_forgot_them() -> None:
+async def test_scripts_reload_after_script_flush() -> None:
     # The embedded server: flushing the script cache of the shared Redis would disturb others.
     backend = memory_backend(f"scripts-{uuid.uuid4().hex}", prefix="bananas", queue="default")
     try:
@@ -409,7 +409,7 @@ async def test_scripts_are_loaded_again_after_the_server_forgot_them() -> None:
         await backend.close()
 
 
-async def test_wait_and_lease_returns_a_job_submitted_while_waiting(backend: Backend) -> None:
+async def test_wait_and_lease_gets_new_job(backend: Backend) -> None:
     job = make_job()
 
     async def submit_later() -> None:

@@ -31,7 +31,7 @@ def expected_increments(observations: list[tuple[str, str, float | None, float |
     return expected
 
 
-def test_taken_increments_match_the_cumulative_histogram_fields() -> None:
+def test_take_matches_cumulative_fields() -> None:
     observations = [
         (queue, name, run, wait)
         for queue in ("default", "mail")
@@ -43,12 +43,12 @@ def test_taken_increments_match_the_cumulative_histogram_fields() -> None:
     for queue, name, run, wait in observations:
         stats.record(queue, name, Outcome.completed, run, wait)
 
-    taken = stats.take()
+    increments = stats.take()
 
     expected = expected_increments(observations)
-    assert taken.keys() == expected.keys()
+    assert increments.keys() == expected.keys()
     for field, amount in expected.items():
-        assert taken[field] == pytest.approx(amount), field
+        assert increments[field] == pytest.approx(amount), field
     assert stats.take() == {}
 
 

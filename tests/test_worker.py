@@ -401,7 +401,7 @@ async def test_observers_see_final_job_state(backend_url: str, key_prefix: str, 
     assert dead.error is not None and dead.error.type == "RuntimeError"
 
 
-async def test_outcome_observers_run_in_the_context_of_the_run(system: System) -> None:
+async def test_outcome_hooks_share_run_context(system: System) -> None:
     # A tracing plugin sets a context variable when a job starts and reads it when the job
     # ends, so both hooks must run in the task that ran the job.
     current_run: contextvars.ContextVar[str] = contextvars.ContextVar("current_run", default="")

@@ -14,7 +14,7 @@ from bananas_core.job import Job, JobError, JobStatus
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How one run of a leased job ended, as the worker hands it to ``Backend.exchange``.
+    """The outcome of one run of a leased job, as the worker hands it to ``Backend.exchange``.
 
     ``kind`` is ``completed``, ``retry`` (run again ``retry_delay`` seconds from now) or
     ``dead`` (to the dead letter queue). ``value`` is the result's JSON for ``completed`` ('' for

@@ -2,10 +2,10 @@
 -- a busy worker acknowledges and fetches together.
 -- KEYS: high, normal, low, processing, leases, jobs, wakeup, completed, scheduled, dead,
 --       cancel requests
--- ARGV: lease ms, worker id, wakeup token limit, finished channel, jobs wanted, outcomes: a JSON
---       array of [job id, delivery token, kind, value, retry delay ms] arrays, one argument
---       rather than five per outcome because packing arguments costs the worker more than
---       decoding costs Redis. kind 'completed' stores value as the result ('' for none);
+-- ARGV: lease ms, worker id, wakeup token limit, finished channel, jobs requested, outcomes.
+--       The outcomes are one JSON array of [job id, delivery token, kind, value, retry delay ms]
+--       arrays. One argument costs the worker less to send than five per outcome, and decoding
+--       it costs Redis little. kind 'completed' stores value as the result ('' for none).
 --       'retry' and 'dead' store it as the error, and 'retry' runs the job again after the delay.
 -- Returns {one flag per outcome: 1 recorded (now or by an earlier call with the same outcome),
 --          0 stale token (another delivery owns the job), the leased records}.
@@ -85,11 +85,11 @@ for _, outcome in ipairs(cjson.decode(ARGV[6])) do
 end
 
 -- Lease strictly by priority (every high job before any normal one), FIFO within a priority.
-local wanted = tonumber(ARGV[5])
+local requested = tonumber(ARGV[5])
 local deadline = now + tonumber(ARGV[1])
 local leased = {}
 for i = 1, 3 do
-  local left = wanted - #leased
+  local left = requested - #leased
   if left <= 0 then
     break
   end
@@ -118,9 +118,9 @@ for i = 1, 3 do
   end
 end
 
-if wanted > 0 then
+if requested > 0 then
   local left = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
-  if left > 0 and #leased >= wanted then
+  if left > 0 and #leased >= requested then
     -- This worker is full but work is left: wake another idle worker.
     wake_one_worker()
   elseif left == 0 then

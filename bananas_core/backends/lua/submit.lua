@@ -1,11 +1,11 @@
 -- Store a batch of new jobs in one atomic step, honouring idempotency keys: all of the batch is
 -- stored or, when the script cannot run, none of it.
 -- KEYS: jobs, high, normal, low, scheduled, wakeup, then one idempotency key per job that has one
--- ARGV: idempotency window ms, wakeup token limit, placements: a JSON array with one
---       [run_at ms (0: run now), index in KEYS of its priority list, index in KEYS of its
---       idempotency key (0: none)] per job, then 2 values per job: id, record JSON.
---       The placements travel as one argument because each argument costs the client more
---       to send than decoding them costs Redis.
+-- ARGV: idempotency window ms, wakeup token limit, placements, then 2 values per job: id and
+--       record JSON. The placements are one JSON array with one [run_at ms (0: run now), index
+--       in KEYS of its priority list, index in KEYS of its idempotency key (0: none)] per job.
+--       They travel as one argument, because each argument costs the client more to send than
+--       decoding them costs Redis.
 -- Returns one entry per job, in order: 1 when it was stored (the caller has its record), or the
 -- record of the job that already has this idempotency key (or id).
 local window = tonumber(ARGV[1])
