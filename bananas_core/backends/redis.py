@@ -148,13 +148,18 @@ class RedisBackend(Backend):
     async def exchange(
         self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
     ) -> tuple[list[bool], list[Job]]:
+        args = self._exchange_args(outcomes, count, worker, lease)
+        recorded, records = await self._eval("exchange", self._exchange_keys, args)
+        return [flag == 1 for flag in recorded], [Job.from_record(record) for record in records]
+
+    def _exchange_args(
+        self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
+    ) -> list[object]:
         encoded = orjson.dumps([
             (outcome.job.id, outcome.job.token, outcome.kind, outcome.value, round(outcome.retry_delay * 1000))
             for outcome in outcomes
         ])
-        args = [round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, encoded]
-        recorded, records = await self._eval("exchange", self._exchange_keys, args)
-        return [flag == 1 for flag in recorded], [Job.from_record(record) for record in records]
+        return [round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, encoded]
 
     async def claim(self, count: int, worker: str, lease: float) -> list[Job]:
         _, jobs = await self.exchange([], count, worker, lease)
@@ -170,7 +175,7 @@ class RedisBackend(Backend):
         # Redis runs a connection's commands in order, so the lease sent behind BLPOP runs the
         # moment BLPOP returns: one round trip from the wake-up to the leased jobs.
         script = self._script("exchange")
-        args = [round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, b"[]"]
+        args = self._exchange_args([], count, worker, lease)
         waited = [self.keys.wakeup, self.keys.interrupt(worker)]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
