@@ -69,14 +69,24 @@ async def run_handler(
     if scope.cancelled_caught:
         raise JobTimeout(f"job {job.id} ({job.name}) exceeded its timeout of {job.timeout:g}s")
 
+    encode_result(result, f"handler {job.name!r}")
+    return result
+
+
+def encode_result(result: Any, source: str) -> str:
+    """Return ``result`` as the JSON the backend stores, or '' for None.
+
+    Raises InvalidResult naming ``source`` (what returned the value) when it is not JSON.
+    """
+    if result is None:
+        return ""
     try:
-        _STRICT_JSON.encode(result)
+        return _STRICT_JSON.encode(result)
     except (TypeError, ValueError) as error:
         raise InvalidResult(
-            f"handler {job.name!r} returned {type(result).__name__}, which is not JSON "
-            f"serialisable ({error}); return a dict, list, str, finite number, bool or None"
+            f"{source} returned {type(result).__name__}, which is not JSON serialisable "
+            f"({error}); return a dict, list, str, finite number, bool or None"
         ) from error
-    return result
 
 
 class _RunningThreads:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import math
 import os
@@ -22,7 +21,13 @@ from anyio.abc import TaskStatus
 from bananas_core.backends.base import Backend, RunOutcome, WorkerInfo
 from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import BackendError, PermanentError
-from bananas_core.execution import JobTimeout, UnknownHandler, describe_error, run_handler
+from bananas_core.execution import (
+    JobTimeout,
+    UnknownHandler,
+    describe_error,
+    encode_result,
+    run_handler,
+)
 from bananas_core.job import PRIORITIES, Job, JobError, JobStatus, from_ms, now_ms, utc_now
 from bananas_core.metrics import JobStats, Outcome
 from bananas_core.plugins import Plugins, call_job_wrappers, notify, service_lifecycle
@@ -165,11 +170,7 @@ class Worker:
 
         # Jobs leased for slots that were cancelled before they took them go back to the head
         # of their queue.
-        while self._ready:
-            job = self._ready.popleft()
-            with anyio.CancelScope(shield=True):
-                await self._release(job)
-            self._busy -= 1
+        await self._release_unstarted()
         self._wake_exchange()
 
     async def _slot(self) -> None:
@@ -202,7 +203,9 @@ class Worker:
             while True:
                 self._wake = anyio.Event()
                 if self._stopping:
-                    await self._release_prefetched()
+                    # Jobs that no slot has started go back at once, instead of holding the
+                    # worker up for the grace period.
+                    await self._release_unstarted()
                 # A slot waiting to announce a recorded outcome is free by the time the reply
                 # arrives, so the job leased for it waits in the buffer only briefly.
                 free = (
@@ -223,26 +226,15 @@ class Worker:
                     await self._wake.wait()
                     continue
 
-                finished, self._outcomes = self._outcomes, []
                 try:
-                    # Shielded so that a stop cannot drop the reply of a call Redis carried out.
-                    with anyio.CancelScope(shield=True):
-                        recorded, leased = await self.backend.exchange(
-                            [entry.outcome for entry in finished], lease_count, self.id,
-                            self.settings.LEASE_TIMEOUT,
-                        )
+                    leased = await self._exchange(lease_count)
                     failures = 0
                 except BackendError as error:
                     failures += 1
-                    self._outcomes = self._still_recordable(finished) + self._outcomes
                     await self._backoff("record outcomes and lease jobs", error, failures)
                     continue
-
                 self._dry = len(leased) < lease_count
                 self._dispatch(leased)
-                for entry, was_recorded in zip(finished, recorded):
-                    self.running.pop(entry.outcome.job.id, None)
-                    self._settle(entry, was_recorded)
         finally:
             # Outcomes of runs that ended as the worker was cancelled are still recorded.
             with anyio.CancelScope(shield=True):
@@ -284,9 +276,8 @@ class Worker:
             self._ready.extend(leased)
         self._ready_signal()
 
-    async def _release_prefetched(self) -> None:
-        # On a stop, jobs that no slot has started go back to the head of their queue at once,
-        # instead of holding the worker up for the grace period.
+    async def _release_unstarted(self) -> None:
+        """Return the leased jobs that no slot has taken to the head of their queue, in order."""
         # NOTE: a prefetched job's lease counts toward POISON_THRESHOLD like a running one's when
         # its worker dies, although it never started.
         while self._ready:
@@ -295,22 +286,36 @@ class Worker:
                 await self._release(job)
             self._busy -= 1
 
+    async def _exchange(self, lease_count: int) -> list[Job]:
+        """Record the waiting outcomes and lease up to ``lease_count`` jobs, in one call.
+
+        On a BackendError the outcomes wait for the next call, unless they are older than a
+        lease (see ``_still_recordable``).
+        """
+        finished, self._outcomes = self._outcomes, []
+        try:
+            # Shielded so that a stop cannot drop the reply of a call Redis carried out.
+            with anyio.CancelScope(shield=True):
+                recorded, leased = await self.backend.exchange(
+                    [entry.outcome for entry in finished], lease_count, self.id,
+                    self.settings.LEASE_TIMEOUT,
+                )
+        except BackendError:
+            self._outcomes = self._still_recordable(finished) + self._outcomes
+            raise
+        for entry, was_recorded in zip(finished, recorded):
+            self.running.pop(entry.outcome.job.id, None)
+            self._settle(entry, was_recorded)
+        return leased
+
     async def _flush_outcomes(self) -> None:
         failures = 0
         while self._outcomes:
-            finished, self._outcomes = self._outcomes, []
             try:
-                recorded, _ = await self.backend.exchange(
-                    [entry.outcome for entry in finished], 0, self.id, self.settings.LEASE_TIMEOUT
-                )
+                await self._exchange(0)
             except BackendError as error:
                 failures += 1
-                self._outcomes = self._still_recordable(finished)
                 await self._backoff("record outcomes", error, failures)
-                continue
-            for entry, was_recorded in zip(finished, recorded):
-                self.running.pop(entry.outcome.job.id, None)
-                self._settle(entry, was_recorded)
 
     def _still_recordable(self, finished: list[_Finished]) -> list[_Finished]:
         """Keep the outcomes that failed to record, but drop those older than one lease.
@@ -452,13 +457,14 @@ class Worker:
             result = await call_job_wrappers(
                 self.plugins.manager, job, context, lambda: run_handler(handler, context, self._threads)
             )
+            # A wrapper may replace the handler's result, so the stored value is checked again.
+            encoded = encode_result(result, f"the bananas_wrap_job plugins of job {job.name!r}")
         except anyio.get_cancelled_exc_class():
             raise
         except (Exception, SystemExit) as error:
             # SystemExit from a handler fails its job instead of ending the worker.
             return await self._failure(job, error, time.monotonic() - started)
 
-        encoded = "" if result is None else json.dumps(result)
         return _Finished(RunOutcome(job, "completed", encoded), time.monotonic() - started, result=result)
 
     async def _failure(self, job: Job, error: BaseException, elapsed: float) -> _Finished:
@@ -526,16 +532,15 @@ class Worker:
         """Call the observers of a recorded outcome with the job as the backend stored it."""
         job, details = entry.outcome.job, entry.details
         update: dict[str, object] = {"finished_at": utc_now(), "worker": None}
+        arguments: dict[str, object]
         if hook_name == "bananas_job_succeeded":
             update.update(status=JobStatus.completed, result=entry.result)
-            await notify(self.plugins.manager, hook_name, job=job.model_copy(update=update),
-                         result=entry.result)
+            arguments = {"result": entry.result}
         elif hook_name == "bananas_job_dead":
             update.update(status=JobStatus.dead, error=details)
-            await notify(self.plugins.manager, hook_name, job=job.model_copy(update=update),
-                         error=details)
+            arguments = {"error": details}
         else:
-            # A retry due now goes straight back to its queue; a later one waits in the
+            # A retry due now goes straight back to its queue, and a later one waits in the
             # scheduled set.
             delay = entry.outcome.retry_delay
             due_now = delay == 0
@@ -545,8 +550,8 @@ class Worker:
                 run_at=None if due_now else from_ms(now_ms() + round(delay * 1000)),
                 error=details,
             )
-            await notify(self.plugins.manager, hook_name, job=job.model_copy(update=update),
-                         error=details, delay=delay)
+            arguments = {"error": details, "delay": delay}
+        await notify(self.plugins.manager, hook_name, job=job.model_copy(update=update), **arguments)
 
     def _retry_delay(self, job: Job, error: BaseException) -> float | None:
         """Ask the retry policy plugins for the delay before the next run. None means give up."""

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pytest
@@ -449,6 +450,27 @@ async def test_busy_worker_records_and_leases_in_batches(
     assert recorded == 100
     # Finished runs are acknowledged together with the next lease, not one call per job.
     assert len(calls) <= 100 / 3, calls
+
+
+async def test_wrapper_non_json_result_goes_dead(system: System) -> None:
+    class SetWrapper:
+        @hookimpl
+        async def bananas_wrap_job(self, call_next: Any) -> Any:
+            await call_next()
+            return {1, 2}
+
+    system.worker.plugins.manager.register(SetWrapper())
+    job = await system.client.submit("echo", {}, max_retries=2)
+
+    dead = await system.wait_for(job)
+    # The worker is still running: a second job reaches its final state too.
+    second = await system.wait_for(await system.client.submit("echo", {}))
+
+    assert dead.status is JobStatus.dead
+    assert dead.attempts == 1
+    assert dead.error is not None and dead.error.type == "InvalidResult"
+    assert "bananas_wrap_job plugins of job 'echo' returned set" in dead.error.message
+    assert second.status is JobStatus.dead
 
 
 async def test_system_exit_in_handler_fails_only_the_job(system: System) -> None:
