@@ -58,3 +58,19 @@ def test_batch_rules_store_nothing(client: SyncClient, specs: list[JobSpec], mes
         client.submit_batch(specs)
 
     assert all(counts.normal == 0 for counts in client.all_counts())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"big": 2**70, "negative": -(2**65)},
+        {"text": "é ☃ \U0001f34c", "nested": {"list": [1.5, None, True]}},
+        {"1": "string key", "float": 1e16},
+    ],
+)
+def test_payload_round_trips_exactly(client: SyncClient, payload: dict) -> None:
+    job = client.submit("echo", payload)
+
+    stored = client.get_job(job.id)
+
+    assert stored.payload == payload
