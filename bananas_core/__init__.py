@@ -13,12 +13,21 @@ from bananas_core.errors import (
 )
 from bananas_core.hookspecs import hookspec
 from bananas_core.job import Job, JobError, JobStatus, Priority
-from bananas_core.periodic import Schedule
 from bananas_core.plugins import hookimpl
 from bananas_core.registry import Handler, HandlerRegistry
 from bananas_core.settings import Settings, load_settings
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # Only the scheduler and the API need periodic jobs; a worker is spared their imports
+    # (cron parsing and time zones).
+    if name == "Schedule":
+        from bananas_core.periodic import Schedule
+
+        return Schedule
+    raise AttributeError(f"module 'bananas_core' has no attribute {name!r}")
 
 __all__ = [
     "BackendError",

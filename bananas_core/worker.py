@@ -74,8 +74,7 @@ class Worker:
         self._control_failures = 0
         self.started_at = now_ms()
         self._stopping = False
-        self._waiting_idle = False  # the exchange loop blocks in wait_and_lease
-        self._waiter_blocked = False  # the idle waiter blocks in wait_for_jobs
+        self._blocked = False  # a task blocks in wait_and_lease: the loop or the idle waiter
         self._wake: anyio.Event | None = None  # set when the exchange loop has work
         self._need_jobs: anyio.Event | None = None  # set when the idle waiter should block
         self._stop_requested: anyio.Event | None = None
@@ -206,17 +205,14 @@ class Worker:
                     # Jobs that no slot has started go back at once, instead of holding the
                     # worker up for the grace period.
                     await self._release_unstarted()
-                # A slot waiting to announce a recorded outcome is free by the time the reply
-                # arrives, so the job leased for it waits in the buffer only briefly.
-                free = (
-                    0 if self._stopping
-                    else self.concurrency + self.prefetch - self._busy + self._settling
-                )
-                lease_count = 0 if self._dry else free
+                free = self._free_slots()
+                # While the idle waiter blocks, its own lease takes the jobs that arrive. A
+                # second lease here could take more jobs than there are free slots.
+                lease_count = 0 if self._dry or self._blocked else free
                 if not self._outcomes and lease_count == 0:
-                    if self._stopping and self._busy == 0:
+                    if self._stopping and self._busy == 0 and not self._blocked:
                         return
-                    if free > 0 and self._busy == 0 and not self._waiter_blocked:
+                    if free > 0 and self._busy == 0 and not self._blocked:
                         # Nothing runs, so no outcome can arrive: block and lease in one call.
                         # Not while the idle waiter blocks too: it would take the next token.
                         failures = await self._wait_and_lease(free, failures)
@@ -233,16 +229,30 @@ class Worker:
                     failures += 1
                     await self._backoff("record outcomes and lease jobs", error, failures)
                     continue
-                self._dry = len(leased) < lease_count
+                if lease_count:
+                    # A call that only recorded outcomes read nothing of the queue. Jobs that
+                    # arrived since the last lease left tokens in the wake-up list.
+                    self._dry = len(leased) < lease_count
                 self._dispatch(leased)
         finally:
             # Outcomes of runs that ended as the worker was cancelled are still recorded.
             with anyio.CancelScope(shield=True):
                 await self._flush_outcomes()
 
+    def _free_slots(self) -> int:
+        # A slot waiting to announce a recorded outcome is free by the time a lease's reply
+        # arrives, so the job leased for it waits in the buffer only briefly.
+        if self._stopping:
+            return 0
+        return self.concurrency + self.prefetch - self._busy + self._settling
+
     async def _wait_and_lease(self, free: int, failures: int) -> int:
-        """Block on the wake-up list and lease up to ``free`` jobs; return the failure count."""
-        self._waiting_idle = True
+        """Block on the wake-up list and lease up to ``free`` jobs; return the failure count.
+
+        Either the exchange loop or the idle waiter blocks here, never both: two waits would
+        take two wake-up tokens for one job.
+        """
+        self._blocked = True
         try:
             # Shielded, because the lease may have run in Redis when a cancellation arrives; a
             # stop ends the wait at once through interrupt_wait.
@@ -256,7 +266,7 @@ class Worker:
             await self._backoff("wait for jobs", error, failures)
             return failures
         finally:
-            self._waiting_idle = False
+            self._blocked = False
         self._dry = len(leased) < free
         self._dispatch(leased)
         return 0
@@ -338,32 +348,30 @@ class Worker:
         return recordable
 
     async def _wait_for_jobs(self) -> None:
-        """Block on the wake-up list while the queue is empty, then wake the exchange loop."""
+        """While jobs run and the queue is empty, block on the wake-up list and lease.
+
+        The exchange loop stays free to record the outcomes of the running jobs meanwhile.
+        The lease travels behind the wait, so a job that arrives is leased in the same round
+        trip, also when the jobs that were running have finished by then.
+        """
         assert self._need_jobs is not None
         failures = 0
         while True:
             await self._need_jobs.wait()
             self._need_jobs = anyio.Event()
-            if self._waiting_idle:
-                continue  # the exchange loop blocks on the wake-up list itself
-            self._waiter_blocked = True
-            try:
-                await self.backend.wait_for_jobs(IDLE_WAIT)
-                failures = 0
-            except BackendError as error:
-                failures += 1
-                await self._backoff("wait for jobs", error, failures)
-            finally:
-                self._waiter_blocked = False
-            # A token or the timeout: either way the next lease looks at the queue again.
-            self._dry = False
+            free = self._free_slots()
+            if self._blocked or free == 0:
+                continue  # the exchange loop blocks itself, or the worker stops
+            failures = await self._wait_and_lease(free, failures)
+            if failures:
+                self._dry = False  # the next lease looks at the queue again
             self._wake_exchange()
 
     async def _enforce_grace(self) -> None:
         # Running jobs get SHUTDOWN_GRACE to finish, and the rest are cancelled and released.
         assert self._stop_requested is not None
         await self._stop_requested.wait()
-        if self._waiting_idle:
+        if self._blocked:
             try:
                 await self.backend.interrupt_wait(self.id)
             except BackendError as error:

@@ -1,4 +1,8 @@
-"""A virtual environment per peer queue under benchmarks/.venvs/, installed from pinned files."""
+"""A virtual environment per queue under benchmarks/.venvs/, installed from pinned files.
+
+bananas gets one too, holding the project and its pinned dependencies but none of the
+development tools or plugins, so that its worker loads what a user's install would load.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,9 @@ STAMP_NAME = ".requirements.sha256"
 
 def bin_dir(spec: QueueSpec, venvs_dir: Path) -> Path:
     """Return the bin/ directory of the environment that runs ``spec``."""
-    if spec.requirements is None:
-        # bananas runs in the environment of the harness: the project's editable install.
+    if spec.venv_name is None:
         return Path(sys.executable).parent
-    return venvs_dir / spec.name / "bin"
+    return venvs_dir / spec.venv_name / "bin"
 
 
 def ensure_environment(spec: QueueSpec, venvs_dir: Path, python: str, log_dir: Path) -> Path:
@@ -32,12 +35,16 @@ def ensure_environment(spec: QueueSpec, venvs_dir: Path, python: str, log_dir: P
     RuntimeError naming the pip log when an install fails.
     """
     directory = bin_dir(spec, venvs_dir)
-    if spec.requirements is None:
+    if spec.venv_name is None:
         return directory
 
     requirements = REQUIREMENTS_DIR / spec.requirements
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
-    venv = venvs_dir / spec.name
+    installed = requirements.read_bytes()
+    if spec.install_project:
+        # A change of the project's dependencies reinstalls the environment.
+        installed += (ROOT / "pyproject.toml").read_bytes()
+    digest = hashlib.sha256(installed).hexdigest()
+    venv = venvs_dir / spec.venv_name
     stamp = venv / STAMP_NAME
     if stamp.exists() and stamp.read_text().strip() == digest:
         return directory
@@ -55,6 +62,7 @@ def ensure_environment(spec: QueueSpec, venvs_dir: Path, python: str, log_dir: P
                 "--quiet",
                 "-r",
                 str(requirements),
+                *(["--editable", str(ROOT)] if spec.install_project else []),
             ],
         ]
         for step in steps:

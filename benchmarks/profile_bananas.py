@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks import http_load
 from benchmarks.environments import BENCH_DIR, DEFAULT_VENVS_DIR, ROOT
-from benchmarks.queues.specs import SPECS
+from benchmarks.queues.specs import SPECS, in_harness_environment
 from benchmarks.run import stop_on_signals
 from benchmarks.servers import RedisServer, Service, free_port
 from benchmarks.workloads import Bench, Options, log
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         queue.start()
         probe.start()
-        bench = Bench(SPECS["bananas"], options, queue, probe)
+        bench = Bench(in_harness_environment(SPECS["bananas"]), options, queue, probe)
         profiles = [profile_worker(bench, args), profile_client(bench, args)]
         if http_load.wrk_available():
             profiles.append(profile_api(bench, args))

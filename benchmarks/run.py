@@ -26,7 +26,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.environments import BENCH_DIR, DEFAULT_VENVS_DIR, ensure_environment
 from benchmarks.machine_load import ForeignLoad
-from benchmarks.queues.specs import SPECS, QueueSpec
+from benchmarks.queues.specs import SPECS, QueueSpec, in_harness_environment
 from benchmarks.servers import RedisServer
 from benchmarks.workloads import Bench, Options, command_breakdown, log
 
@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--http-connections", type=int, default=10, help="concurrent HTTP connections (default 10)"
+    )
+    parser.add_argument(
+        "--bananas-env",
+        choices=["own", "harness"],
+        default="own",
+        help="run bananas in its own environment under --venvs-dir, with no plugin installed "
+        "(own, the default), or in the harness's environment with its plugins blocked (harness)",
     )
     parser.add_argument(
         "--http-tool",
@@ -227,8 +234,11 @@ def run_all(args: argparse.Namespace, options: Options, log_dir: Path) -> dict[s
         log(f"queue server {queue_server.url}, probe server {probe_server.url}")
         benches: dict[str, Bench] = {}
         for name in names:
-            bench = Bench(SPECS[name], options, queue_server, probe_server)
-            prepare = partial(_prepare, SPECS[name], bench, args, log_dir)
+            spec = SPECS[name]
+            if args.bananas_env == "harness" and spec.install_project:
+                spec = in_harness_environment(spec)
+            bench = Bench(spec, options, queue_server, probe_server)
+            prepare = partial(_prepare, spec, bench, args, log_dir)
             prepared = _guarded(results["queues"][name], name, "set-up", prepare)
             if prepared is not None:
                 results["queues"][name].update(prepared)

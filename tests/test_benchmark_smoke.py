@@ -1,7 +1,7 @@
 """Smoke test of the benchmark harness: the bananas workloads with tiny counts.
 
 The harness starts its own redis-server on a free loopback port, so this test needs the
-redis-server binary but neither the shared Redis nor the peer queues' environments. It checks
+redis-server binary but neither the shared Redis nor the queues' own environments. It checks
 that every workload produces figures and makes no claim about their size.
 """
 
@@ -37,6 +37,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "benchmarks.run",
         "--queues",
         "bananas",
+        # The project's environment: a new one would be installed from the package index.
+        "--bananas-env",
+        "harness",
         "--jobs",
         str(JOBS),
         "--latency-jobs",

@@ -100,7 +100,10 @@ def public_names() -> set[str]:
 
 
 def test_all_lists_every_public_name() -> None:
-    assert set(bananas_core.__all__) == public_names()
+    # Some names are imported on first use, so they resolve without being in vars() yet.
+    for name in bananas_core.__all__:
+        assert getattr(bananas_core, name) is not None
+    assert public_names() <= set(bananas_core.__all__)
 
 
 def test_all_is_sorted_without_duplicates() -> None:

@@ -452,6 +452,33 @@ async def test_busy_worker_records_and_leases_in_batches(
     assert len(calls) <= 100 / 3, calls
 
 
+async def test_wait_leases_job_arriving_mid_run(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=2)
+    async with start_system(settings) as system:
+        backend = system.worker.backend
+        leased_by_wait: list[str] = []
+        wait_and_lease = backend.wait_and_lease
+
+        async def recording_wait_and_lease(*args: Any, **kwargs: Any) -> list[Job]:
+            jobs = await wait_and_lease(*args, **kwargs)
+            leased_by_wait.extend(job.id for job in jobs)
+            return jobs
+
+        monkeypatch.setattr(backend, "wait_and_lease", recording_wait_and_lease)
+        running = await system.client.submit("async_sleep", {"seconds": 0.6})
+        await system.wait_for(running, {JobStatus.processing})
+        await anyio.sleep(0.1)  # the queue is empty: a wait blocks on the wake-up list
+        arriving = await system.client.submit("echo", {"n": 1})
+        await system.wait_for(arriving)
+
+        # The lease behind the wait took the job: no second round trip after the wake-up.
+        assert arriving.id in leased_by_wait
+        assert (await system.client.get_job(running.id)).status == JobStatus.processing
+        assert system.worker._busy <= settings.WORKER_CONCURRENCY
+
+
 async def test_wrapper_non_json_result_goes_dead(system: System) -> None:
     class SetWrapper:
         @hookimpl

@@ -21,23 +21,30 @@ class QueueSpec:
 
     name: str
     module: str  # defines the benchmark job and a ``Producer`` class
-    # File under benchmarks/requirements/ that its virtual environment installs; None means
-    # the environment the harness itself runs in (the project's .venv, for bananas).
-    requirements: str | None
+    # File under benchmarks/requirements/ that its virtual environment installs.
+    requirements: str
     distributions: tuple[str, ...]  # whose versions the report lists
     # argv of one worker process. The first item is a script in the environment's bin/.
     # "{redis_url}" is replaced by the URL of the private Redis server.
     worker: tuple[str, ...]
     settings: str  # the worker's settings, as the report lists them
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The directory under benchmarks/.venvs/ (default: the queue's name); None means the
+    # environment the harness itself runs in.
+    environment: str | None = ""
+    # The environment also installs this repository, editable: bananas itself.
+    install_project: bool = False
+
+    @property
+    def venv_name(self) -> str | None:
+        """Return the directory name of the queue's environment, or None for the harness's own."""
+        return None if self.environment is None else self.environment or self.name
 
 
 _BANANAS_ENV = {
     "KEY_PREFIX": BANANAS_KEY_PREFIX,
     "WORKER_CONCURRENCY": str(CONCURRENCY),
     "PLUGINS": "benchmarks.queues.bananas_app",
-    # The plugins that the project's dev environment installs stay out of the worker.
-    "PLUGINS_BLOCK": "otel,email,http,data",
     "LOG_LEVEL": "WARNING",
     # The producer's batches: the peers' bulk APIs take all 10,000 jobs in one call.
     "MAX_BATCH_JOBS": "1000",
@@ -47,12 +54,13 @@ SPECS: dict[str, QueueSpec] = {
     "bananas": QueueSpec(
         name="bananas",
         module="benchmarks.queues.bananas_app",
-        requirements=None,
+        requirements="bananas.txt",
+        install_project=True,
         distributions=("bananas", "redis", "hiredis", "orjson", "anyio", "pydantic"),
         worker=("bananas", "worker"),
         settings=(
             f"WORKER_CONCURRENCY={CONCURRENCY}, LOG_LEVEL=WARNING, async handler, "
-            "PLUGINS_BLOCK=otel,email,http,data (the plugins of the project's dev environment), "
+            "its own environment with no plugin installed, "
             "MAX_BATCH_JOBS=1000 (the bulk API sends batches of 1,000 jobs), other settings "
             "default (WORKER_PREFETCH=0, LEASE_TIMEOUT=30s, COMPLETED_TTL=1d); no scheduler running"
         ),
@@ -193,6 +201,21 @@ SPECS: dict[str, QueueSpec] = {
 SPECS["bananas-prefetch"] = replace(
     SPECS["bananas"],
     name="bananas-prefetch",
+    environment="bananas",
     settings=f"as bananas, with WORKER_PREFETCH={2 * CONCURRENCY}",
     extra_env={**_BANANAS_ENV, "WORKER_PREFETCH": str(2 * CONCURRENCY)},
 )
+
+
+def in_harness_environment(spec: QueueSpec) -> QueueSpec:
+    """Return ``spec`` running in the harness's own environment instead of a new one.
+
+    The project's development environment installs the plugins under plugins/, so they are
+    blocked: a worker would otherwise trace and meter every job.
+    """
+    return replace(
+        spec,
+        environment=None,
+        install_project=False,
+        extra_env={**spec.extra_env, "PLUGINS_BLOCK": "otel,email,http,data"},
+    )
