@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from datetime import datetime, timezone
 from enum import Enum
@@ -15,6 +16,10 @@ from pydantic import BaseModel, Field
 
 # One encoder for every record: json.dumps builds a new encoder per call when given options.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+# orjson reads an integer of more than 64 bits as a float, so JSON text with a run of 19 or
+# more digits is read by the json module, which keeps such integers exact.
+_LONG_DIGITS = re.compile(r"\d{19}")
 
 
 class Priority(str, Enum):
@@ -123,7 +128,7 @@ class Job(BaseModel):
             id=record["id"],
             name=record["name"],
             queue=record.get("queue", "default"),
-            payload=json.loads(record.get("payload") or "{}"),
+            payload=_decode_nested(record.get("payload") or "{}"),
             priority=record["priority"],
             status=record["status"],
             attempts=int(record.get("attempts", 0)),
@@ -136,12 +141,22 @@ class Job(BaseModel):
             finished_at=from_ms(record.get("finished_at")),
             run_at=from_ms(record.get("run_at")),
             error=JobError.model_validate_json(error) if error else None,
-            result=None if result is None else json.loads(result),
+            result=None if result is None else _decode_nested(result),
             token=int(record.get("token", 0)),
             progress=record.get("progress"),
             progress_message=record.get("progress_message"),
             worker=record.get("worker"),
         )
+
+
+def _decode_nested(text: str) -> Any:
+    """Decode a payload or result, nested in a record as JSON text, as the json module would."""
+    if _LONG_DIGITS.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # JSON the json module reads and orjson does not, such as NaN
+    return json.loads(text)
 
 
 def _encode_payload(payload: dict[str, Any]) -> str:
