@@ -637,12 +637,16 @@ class Worker:
                     )
                 continue
             for job_id in lost:
+                scope = self._run_scopes.get(job_id)
+                if scope is None:
+                    # The run ended during the heartbeat, and the exchange that recorded its
+                    # outcome released the lease. Had the lease been lost, the outcome is
+                    # rejected and logged there.
+                    continue
                 # Another worker owns the job now, and its run wins: stop ours. A sync thread
                 # cannot stop, but its outcome is rejected by the stale delivery token.
                 logger.warning("Worker %s lost the lease of job %s", self.id, job_id)
-                scope = self._run_scopes.get(job_id)
-                if scope is not None:
-                    scope.cancel()
+                scope.cancel()
 
     async def _register(self) -> None:
         # The registration lives one lease period, so a dead worker leaves the list as its

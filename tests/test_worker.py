@@ -364,6 +364,33 @@ async def test_lost_lease_stops_the_local_run(backend_url: str, key_prefix: str)
     assert current.token == running.token
 
 
+async def test_heartbeat_ignores_lease_of_ended_run(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(backend_url, key_prefix, LEASE_TIMEOUT=1.5)
+    async with start_system(settings) as system:
+        worker = system.worker
+        heartbeat = worker.backend.heartbeat
+
+        async def heartbeat_outrun_by_exchange(jobs: list[Job], lease: float) -> list[str]:
+            # The run ends and its outcome is recorded before the heartbeat's reply arrives,
+            # so the heartbeat finds no lease for the job.
+            await heartbeat(jobs, lease)
+            with anyio.fail_after(5):
+                while any(job.id in worker.running for job in jobs):
+                    await anyio.sleep(0.01)
+            return [job.id for job in jobs]
+
+        monkeypatch.setattr(worker.backend, "heartbeat", heartbeat_outrun_by_exchange)
+        job = await system.client.submit("async_sleep", {"seconds": 0.7})
+        finished = await system.wait_for(job)
+        await anyio.sleep(0.6)  # the heartbeat's reply arrives after the run ended
+
+    assert finished.status is JobStatus.completed
+    assert "lost the lease" not in caplog.text
+
+
 async def test_observers_see_final_job_state(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("bananas_core.retry.BACKOFF_BASE", 0.05)
     seen: list[tuple[str, Job]] = []
