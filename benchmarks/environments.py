@@ -83,7 +83,7 @@ def service_env(spec: QueueSpec, redis_url: str, probe_url: str) -> dict[str, st
     env = {
         key: value
         for key, value in os.environ.items()
-        # The harness's own environment must not leak into the peers' interpreters.
+        # The harness's own environment must not leak into the queues' interpreters.
         if key not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH") and not key.startswith("BENCH_")
     }
     env.update(spec.extra_env)

@@ -4,8 +4,8 @@
 
 Run it with the project's interpreter (``make bench`` does). It starts two private
 redis-servers on free loopback ports: the queues' server, and a probe server that the jobs
-report to. It creates each peer's virtual environment under benchmarks/.venvs/ on first use
-and runs every workload. It prints Markdown tables, and writes the figures as JSON and every
+report to. It creates each queue's virtual environment under benchmarks/.venvs/ on first use
+(bananas included) and runs every workload. It prints Markdown tables, and writes the figures as JSON and every
 process's log under benchmarks/results/. It stops every process it started.
 """
 
@@ -116,12 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "--venvs-dir",
         type=Path,
         default=DEFAULT_VENVS_DIR,
-        help="where the peers' virtual environments live (default benchmarks/.venvs)",
+        help="where the queues' virtual environments live (default benchmarks/.venvs)",
     )
     parser.add_argument(
         "--python",
         default="python3",
-        help="interpreter that creates the peers' environments (default python3)",
+        help="interpreter that creates the queues' environments (default python3)",
     )
     parser.add_argument(
         "--output",
