@@ -176,7 +176,8 @@ class Worker:
         # The leased jobs wait in a deque, and one event per lease wakes the idle slots: a
         # cheaper hand-over than a channel, which costs an event and a checkpoint per job.
         while True:
-            while self._ready:
+            # A stopping worker starts no more jobs: the exchange loop returns the rest.
+            while self._ready and not self._stopping:
                 job = self._ready.popleft()
                 try:
                     await self._run_job(job)

@@ -205,6 +205,30 @@ async def test_prefetched_jobs_yield_to_higher_priority(backend_url: str, key_pr
     assert RECORDED == ["high-3", "normal-1", "normal-2", "low-0"]
 
 
+async def test_stopping_worker_starts_no_new_job(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=2, SHUTDOWN_GRACE=5)
+    async with start_system(settings) as system:
+        running = await system.client.submit("async_sleep", {"seconds": 0.5})
+        await system.wait_for(running, {JobStatus.processing})
+        await anyio.sleep(0.1)  # the queue is empty: a wait blocks on the wake-up list
+        # A job that reaches the queue without a wake-up token. The stop ends the wait, and
+        # the lease sent behind it takes this job.
+        late = system.client._build_job(0, JobSpec("record", {"tag": "late"}))
+        backend = system.client.backend
+        assert isinstance(backend, RedisBackend)
+        await backend.client.hset(backend.keys.jobs, late.id, late.to_record())
+        await backend.client.rpush(backend.keys.normal, late.id)
+        RECORDED.clear()
+
+        system.worker.stop()
+        finished = await system.wait_for(running)
+        returned = await system.wait_for(late, {JobStatus.pending})
+
+    assert finished.status is JobStatus.completed
+    assert "late" not in RECORDED
+    assert returned.attempts == 0
+
+
 async def test_stop_returns_prefetched_jobs_at_once(backend_url: str, key_prefix: str) -> None:
     settings = make_settings(
         backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=2, SHUTDOWN_GRACE=5
