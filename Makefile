@@ -26,11 +26,15 @@ dev: $(STAMP)  ## run API, worker and scheduler in one process (memory:// unless
 test: $(STAMP)  ## run the whole test suite (needs Redis at 127.0.0.1:6379)
 	$(BIN)/python -m pytest
 
+# A service counts as running unless its process is gone, or is a zombie that its new parent
+# has not reaped yet (kill -0 succeeds on a zombie).
+ALIVE = alive() { kill -0 "$$1" 2>/dev/null && case "$$(ps -o stat= -p "$$1" 2>/dev/null)" in Z*) return 1;; esac; }
+
 up: $(STAMP)  ## start API, worker and scheduler in the background against REDIS_URL
 	@mkdir -p $(RUN_DIR)
-	@for service in $(SERVICES); do \
+	@$(ALIVE); for service in $(SERVICES); do \
 		pidfile=$(RUN_DIR)/$$service.pid; \
-		if [ -f $$pidfile ] && kill -0 $$(cat $$pidfile) 2>/dev/null; then \
+		if [ -f $$pidfile ] && alive $$(cat $$pidfile); then \
 			echo "$$service already running (pid $$(cat $$pidfile))"; continue; \
 		fi; \
 		nohup $(BIN)/bananas $$service >> $(RUN_DIR)/$$service.log 2>&1 & echo $$! > $$pidfile; \
@@ -38,22 +42,22 @@ up: $(STAMP)  ## start API, worker and scheduler in the background against REDIS
 	done
 
 down:  ## stop the services that `make up` started, letting running jobs finish
-	@for service in $(SERVICES); do \
+	@$(ALIVE); for service in $(SERVICES); do \
 		pidfile=$(RUN_DIR)/$$service.pid; \
 		[ -f $$pidfile ] || continue; \
 		pid=$$(cat $$pidfile); \
 		if kill -TERM $$pid 2>/dev/null; then \
 			echo "stopping $$service (pid $$pid)"; \
-			for _ in $$(seq 1 150); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
-			if kill -0 $$pid 2>/dev/null; then echo "$$service still running after 15s; sending SIGKILL"; kill -KILL $$pid; fi; \
+			for _ in $$(seq 1 150); do alive $$pid || break; sleep 0.1; done; \
+			if alive $$pid; then echo "$$service still running after 15s; sending SIGKILL"; kill -KILL $$pid; fi; \
 		fi; \
 		rm -f $$pidfile; \
 	done
 
 status:  ## show which background services are running
-	@for service in $(SERVICES); do \
+	@$(ALIVE); for service in $(SERVICES); do \
 		pidfile=$(RUN_DIR)/$$service.pid; \
-		if [ -f $$pidfile ] && kill -0 $$(cat $$pidfile) 2>/dev/null; then \
+		if [ -f $$pidfile ] && alive $$(cat $$pidfile); then \
 			echo "$$service: running (pid $$(cat $$pidfile))"; else echo "$$service: stopped"; fi; \
 	done
 

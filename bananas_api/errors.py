@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bananas_api.request_id import current_request_id
+from bananas_core.client import MAX_PAYLOAD_DEPTH
 from bananas_core.errors import BackendError, JobConflict, JobNotFound
 
 logger = logging.getLogger(__name__)
@@ -164,9 +165,34 @@ def http_error_response(request: Request, error: StarletteHTTPException) -> JSON
             f"Method {request.method} is not allowed on {request.url.path}. "
             f"Use one of: {allowed}."
         )
+    elif status_code == 400 and error.__cause__ is not None:
+        # FastAPI returns 400 with a bare message when reading the JSON body fails other than
+        # by a syntax error: bytes that are not UTF-8, or nesting too deep to parse.
+        return _unreadable_body_response(error.__cause__)
     else:
         message = str(error.detail)
     return error_response(status_code, code, message, headers=headers or None)
+
+
+def _unreadable_body_response(cause: BaseException) -> JSONResponse:
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        message = (
+            f"The request body is not valid UTF-8: byte 0x{byte} at position {cause.start}. "
+            "Send JSON encoded as UTF-8 with Content-Type: application/json."
+        )
+    elif isinstance(cause, RecursionError):
+        message = (
+            "The request body is nested too deeply to parse. A payload may nest at most "
+            f"{MAX_PAYLOAD_DEPTH} levels; flatten it."
+        )
+    else:
+        logger.warning("Could not read a request body as JSON: %s: %s", type(cause).__name__, cause)
+        message = (
+            f"The request body could not be read as JSON ({type(cause).__name__}). "
+            "Send a JSON object with Content-Type: application/json."
+        )
+    return error_response(422, "invalid_json", message)
 
 
 def unknown_handler_response(request: Request, error: UnknownHandler) -> JSONResponse:

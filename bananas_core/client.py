@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -407,20 +408,55 @@ _STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
 def _check_json(payload: dict[str, Any], where: str) -> None:
     """Raise BananasError unless ``payload`` is strict JSON that every reader can handle."""
-    depth = _depth(payload)
-    if depth > MAX_PAYLOAD_DEPTH:
+    if _depth(payload, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
         raise BananasError(
-            f"invalid payload of {where}: nested {depth} levels deep, more than the "
-            f"{MAX_PAYLOAD_DEPTH} allowed; flatten it"
+            f"invalid payload of {where}: nested more than {MAX_PAYLOAD_DEPTH} levels deep, "
+            "or it contains itself; flatten it"
         )
     try:
         # NaN and infinity are not JSON, and a lone surrogate is not UTF-8.
         _STRICT_JSON.encode(payload).encode("utf-8")
     except (TypeError, ValueError) as error:
-        raise BananasError(f"invalid payload of {where}: {error}; send plain JSON values") from None
+        found = _find_non_json(payload)
+        reason = f"{found[0]} is {found[1]}" if found else str(error)
+        raise BananasError(f"invalid payload of {where}: {reason}; send plain JSON values") from None
 
 
-def _depth(value: Any) -> int:
+# The types a payload may hold, and those its keys may have (the json module writes the
+# others of these as strings).
+_JSON_VALUES = (str, int, float, bool, type(None), dict, list, tuple)
+_JSON_KEYS = (str, int, float, bool, type(None))
+
+
+def _find_non_json(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """Return the path of the first value in ``payload`` that is not strict JSON, and why."""
+    stack: list[tuple[str, Any]] = [("payload", payload)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path, f"{value!r}, which is not a JSON number"
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                return path, f"a string with a lone surrogate at character {error.start}, which is not UTF-8"
+        elif not isinstance(value, _JSON_VALUES):
+            return path, f"of type {type(value).__name__}, which is not a JSON type"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                if not isinstance(key, _JSON_KEYS):
+                    return path, f"an object with a key of type {type(key).__name__}, which JSON cannot hold"
+                stack.append((f"{path}.{key}", item))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{index}]", item) for index, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Return how deep ``value`` nests, or a level beyond ``limit`` as soon as one is found.
+
+    Stopping there also ends the walk of a container that contains itself.
+    """
     # Iterative, so that a very deep payload cannot exhaust the stack here. Only containers
     # go on the stack, so a flat payload costs one pass over its values.
     if not isinstance(value, (dict, list)):
@@ -429,6 +465,8 @@ def _depth(value: Any) -> int:
     stack = [(value, 1)]
     while stack:
         current, level = stack.pop()
+        if level > limit:
+            return level
         deepest = max(deepest, level)
         for item in current.values() if isinstance(current, dict) else current:
             if isinstance(item, (dict, list)):

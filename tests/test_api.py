@@ -287,6 +287,26 @@ async def test_post_invalid_json_is_rejected(client: httpx.AsyncClient) -> None:
     assert "not valid JSON" in error["message"]
 
 
+async def test_post_non_utf8_body_is_rejected(client: httpx.AsyncClient) -> None:
+    body = b'{"name": "echo", "payload": {"x": "\xff"}}'
+
+    response = await client.post("/jobs", content=body, headers=JSON_HEADERS)
+
+    error = assert_error(response, 422, "invalid_json")
+    assert "not valid UTF-8" in error["message"]
+    assert "0xff" in error["message"]
+
+
+async def test_post_body_too_deep_to_parse_is_rejected(client: httpx.AsyncClient) -> None:
+    # Within MAX_REQUEST_BYTES of the test app, and deeper than the json module can parse.
+    body = b'{"name": "echo", "payload": {"x": ' + b"[" * 995 + b"]" * 995 + b"}}"
+
+    response = await client.post("/jobs", content=body, headers=JSON_HEADERS)
+
+    error = assert_error(response, 422, "invalid_json")
+    assert "nested too deeply" in error["message"]
+
+
 async def test_post_without_json_content_type_is_rejected(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/jobs", content=b'{"name": "echo"}', headers={"Content-Type": "text/plain"}
@@ -698,9 +718,9 @@ async def test_schedules_list_pause_and_resume(settings: Settings, backend: Back
     ("payload", "expected"),
     [
         ('{"s": "\\ud800"}', "surrogate"),
-        ('{"x": NaN}', "Out of range float values are not JSON compliant"),
-        ('{"x": Infinity}', "Out of range float values are not JSON compliant"),
-        ('{"n": ' + "[" * 100 + "]" * 100 + "}", "nested 101 levels deep"),
+        ('{"x": NaN}', "payload.x is nan, which is not a JSON number"),
+        ('{"x": {"y": [1, -Infinity]}}', "payload.x.y[1] is -inf, which is not a JSON number"),
+        ('{"n": ' + "[" * 100 + "]" * 100 + "}", "nested more than 64 levels deep"),
     ],
 )
 async def test_payload_that_is_not_plain_json_is_422(

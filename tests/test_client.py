@@ -44,6 +44,28 @@ def test_sync_client_raises_core_errors(client: SyncClient) -> None:
         client.get_job("0" * 32)
 
 
+def _contains_itself() -> dict:
+    payload: dict = {"name": "loop"}
+    payload["self"] = payload
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"a": [1, {"b": float("nan")}]}, r"payload\.a\[1\]\.b is nan, which is not a JSON number"),
+        ({"when": object()}, r"payload\.when is of type object, which is not a JSON type"),
+        ({"text": "ok\ud800"}, r"payload\.text is a string with a lone surrogate at character 2"),
+        (_contains_itself(), "or it contains itself"),
+    ],
+)
+def test_non_json_payload_error_names_value(client: SyncClient, payload: dict, message: str) -> None:
+    with pytest.raises(BananasError, match=message):
+        client.submit("echo", payload)
+
+    assert all(counts.normal == 0 for counts in client.all_counts())
+
+
 @pytest.mark.parametrize(
     ("specs", "message"),
     [

@@ -217,5 +217,9 @@ def in_harness_environment(spec: QueueSpec) -> QueueSpec:
         spec,
         environment=None,
         install_project=False,
+        settings=spec.settings.replace(
+            "its own environment with no plugin installed",
+            "the harness's environment with PLUGINS_BLOCK=otel,email,http,data",
+        ),
         extra_env={**spec.extra_env, "PLUGINS_BLOCK": "otel,email,http,data"},
     )
