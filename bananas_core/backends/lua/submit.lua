@@ -1,5 +1,7 @@
 -- Store a batch of new jobs in one atomic step, honouring idempotency keys: all of the batch is
 -- stored or, when the script cannot run, none of it.
+-- NOTE: Redis keeps the writes made before a runtime error, so a queue key of the wrong type
+-- (set by hand) fails the call after the jobs before it were stored.
 -- KEYS: jobs, high, normal, low, scheduled, wakeup, then one idempotency key per job that has one
 -- ARGV: idempotency window ms, wakeup token limit, placements, then 2 values per job: id and
 --       record JSON. The placements are one JSON array with one [run_at ms (0: run now), index

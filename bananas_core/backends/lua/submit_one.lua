@@ -6,6 +6,8 @@
 --       window ms if it has a key
 -- Returns 1 when it was stored (the caller has its record), or the record of the job that
 -- already has this idempotency key (or id).
+-- NOTE: Redis keeps the writes made before a runtime error, so a list or wakeup key of the
+-- wrong type (set by hand) fails the call after the record was stored.
 local id = ARGV[1]
 local unique = KEYS[4]
 
