@@ -298,13 +298,16 @@ async def test_post_non_utf8_body_is_rejected(client: httpx.AsyncClient) -> None
 
 
 async def test_post_body_too_deep_to_parse_is_rejected(client: httpx.AsyncClient) -> None:
-    # Within MAX_REQUEST_BYTES of the test app, and deeper than the json module can parse.
+    # Within MAX_REQUEST_BYTES of the test app. Python 3.11's json module cannot parse this
+    # depth (invalid_json); where it can, the payload's own depth limit applies (invalid_request).
     body = b'{"name": "echo", "payload": {"x": ' + b"[" * 995 + b"]" * 995 + b"}}"
 
     response = await client.post("/jobs", content=body, headers=JSON_HEADERS)
 
-    error = assert_error(response, 422, "invalid_json")
-    assert "nested too deeply" in error["message"]
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] in ("invalid_json", "invalid_request")
+    assert "nested" in error["message"]
 
 
 async def test_post_without_json_content_type_is_rejected(client: httpx.AsyncClient) -> None:
