@@ -248,7 +248,7 @@ class Worker:
         return self.concurrency + self.prefetch - self._busy + self._settling
 
     async def _wait_and_lease(self, free: int, failures: int) -> int:
-        """Block on the wake-up list and lease up to ``free`` jobs; return the failure count.
+        """Block on the wake-up list, lease up to ``free`` jobs and return the failure count.
 
         Either the exchange loop or the idle waiter blocks here, never both: two waits would
         take two wake-up tokens for one job.

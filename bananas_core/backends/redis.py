@@ -97,19 +97,23 @@ class RedisBackend(Backend):
             script = self._scripts[name] = _Script(_load_script(name))
         return script
 
+    def _evalsha(self, name: str, keys: list[str], args: list[object]) -> tuple[object, ...]:
+        """Return the EVALSHA command that runs the script ``name``."""
+        return ("EVALSHA", self._script(name).sha, len(keys), *keys, *args)
+
     async def _eval(self, name: str, keys: list[str], args: list[object]) -> Any:
         """Run the script ``name`` with EVALSHA, loading it first if the server lacks it.
 
         Called straight through ``execute_command``: redis-py's Script wrapper costs several
         microseconds per call in type checks, and every job passes through two scripts.
         """
-        script = self._script(name)
+        command = self._evalsha(name, keys, args)
         try:
-            return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.client.execute_command(*command)
         except NoScriptError:
             # A restarted or flushed server has forgotten its scripts.
-            await self.client.script_load(script.source)
-            return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            await self.client.script_load(self._script(name).source)
+            return await self.client.execute_command(*command)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str, queue: str) -> RedisBackend:
@@ -174,15 +178,14 @@ class RedisBackend(Backend):
     async def wait_and_lease(self, timeout: float, count: int, worker: str, lease: float) -> list[Job]:
         # Redis runs a connection's commands in order, so the lease sent behind BLPOP runs the
         # moment BLPOP returns: one round trip from the wake-up to the leased jobs.
-        script = self._script("exchange")
-        args = self._exchange_args([], count, worker, lease)
+        lease_command = self._evalsha(
+            "exchange", self._exchange_keys, self._exchange_args([], count, worker, lease)
+        )
         waited = [self.keys.wakeup, self.keys.interrupt(worker)]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.blpop(waited, timeout=max(timeout, 0.01))
-                pipe.execute_command(
-                    "EVALSHA", script.sha, len(self._exchange_keys), *self._exchange_keys, *args
-                )
+                pipe.execute_command(*lease_command)
                 _, (_, records) = await pipe.execute()
         except NoScriptError:
             # BLPOP has run by now; the server forgot its scripts, so lease without waiting.
@@ -336,8 +339,7 @@ class RedisBackend(Backend):
             if unique_key is not None:
                 keys.append(idempotency_key(self.prefix, queue, unique_key))
                 unique_index = len(keys)
-            run_at = 0 if job.run_at is None else round(job.run_at.timestamp() * 1000)
-            placements.append((run_at, list_index[job.priority.value], unique_index))
+            placements.append((_due_ms(job), list_index[job.priority.value], unique_index))
             stored += [job.id, job.to_record()]
 
         args = [round(window * 1000), WAKEUP_TOKENS_MAX, orjson.dumps(placements), *stored]
@@ -353,7 +355,7 @@ class RedisBackend(Backend):
     ) -> tuple[Job, bool]:
         # One job goes through its own script, which takes only the keys it may write and no
         # placements to decode: a single submit took 122 us against 141 to 190 us.
-        run_at = 0 if job.run_at is None else round(job.run_at.timestamp() * 1000)
+        run_at = _due_ms(job)
         keys = [k.jobs, k.scheduled if run_at else k.for_priority(job.priority), k.wakeup]
         args: list[object] = [job.id, job.to_record(), run_at, WAKEUP_TOKENS_MAX]
         if unique_key is not None:
@@ -636,6 +638,11 @@ WORKER_INDEX_RETENTION_MS = 86_400_000
 
 def _encode_cursor(scan_cursor: int, skip: int) -> str:
     return f"{scan_cursor}-{skip}"
+
+
+def _due_ms(job: Job) -> int:
+    """Return when a delayed job is due, in ms since the epoch, or 0 for a job to run now."""
+    return 0 if job.run_at is None else round(job.run_at.timestamp() * 1000)
 
 
 def _decode_cursor(cursor: str | None) -> tuple[int, int]:

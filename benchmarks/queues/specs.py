@@ -29,7 +29,7 @@ class QueueSpec:
     worker: tuple[str, ...]
     settings: str  # the worker's settings, as the report lists them
     extra_env: dict[str, str] = field(default_factory=dict)
-    # The directory under benchmarks/.venvs/ (default: the queue's name); None means the
+    # The directory under benchmarks/.venvs/, the queue's name by default. None means the
     # environment the harness itself runs in.
     environment: str | None = ""
     # The environment also installs this repository, editable: bananas itself.
