@@ -17,6 +17,7 @@ from bananas_core.backends.memory import memory_backend
 from bananas_core.backends.redis import RedisBackend
 from bananas_core.errors import BackendError, JobNotFound
 from bananas_core.job import Job, JobError, JobStatus, new_job
+from redis.exceptions import ResponseError
 
 pytestmark = pytest.mark.anyio
 
@@ -460,3 +461,81 @@ async def test_exchange_repeat_reports_recorded(backend: Backend) -> None:
     assert recorded == [True, True, True]
     assert other_result == [False]
     assert (await backend.get_job(retried.id)).retries == 1
+
+
+async def test_script_after_restart_reconnects(tmp_path: Path) -> None:
+    # The script connection idles while the server restarts, so its socket is closed.
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    socket_path = tmp_path / "redis.sock"
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [server, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert time.monotonic() < deadline, "redis-server did not create its socket within 10s"
+            time.sleep(0.02)
+        return process
+
+    process = start()
+    store = RedisBackend.from_url(f"unix://{socket_path}", prefix="bananas", queue="default")
+    try:
+        await store.enqueue(make_job())
+        process.terminate()
+        process.wait(10)
+        process = start()
+        await anyio.sleep(0.05)  # the event loop receives the old socket's end
+
+        job = make_job()
+        stored, created = await store.enqueue(job)
+
+        assert created
+        assert (await store.get_job(job.id)).status is JobStatus.pending
+    finally:
+        await store.close()
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.redis
+async def test_cancelled_call_leaves_no_stale_reply(redis_url: str, key_prefix: str) -> None:
+    store = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
+    try:
+        with anyio.move_on_after(0.05):
+            await store._round_trip(("BLPOP", f"{key_prefix}:{{default}}:never", 0.3))
+        await anyio.sleep(0.4)  # the BLPOP's empty reply has arrived by now
+
+        assert await store._round_trip(("ECHO", "next")) == "next"
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_error_reply_keeps_connection(redis_url: str, key_prefix: str) -> None:
+    store = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
+    key = f"{key_prefix}:{{default}}:text"
+    try:
+        await store._round_trip(("SET", key, "not a number"))
+        with pytest.raises(ResponseError, match="not an integer"):
+            await store._round_trip(("INCR", key))
+
+        assert await store._round_trip(("ECHO", "next")) == "next"
+        assert len(store._idle_connections) == 1
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_large_command_round_trips(redis_url: str, key_prefix: str) -> None:
+    # Writes of 64 KiB or more go through redis-py's own send, which can wait for the buffer.
+    store = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
+    text = "x" * 200_000
+    try:
+        assert await store._round_trip(("ECHO", text)) == text
+        assert await store._round_trip(("ECHO", "small")) == "small"
+    finally:
+        await store.close()
