@@ -205,8 +205,11 @@ def _run_worker(settings: Settings, args: argparse.Namespace) -> int:
         extra = [] if args.concurrency is None else ["--concurrency", str(args.concurrency)]
         return supervise(args.processes, extra)
 
+    from bananas_core.collector import tune_for_jobs
+
     plugins = _start(settings)
     backend = create_backend(plugins.manager, settings)
+    tune_for_jobs()
     return _run(lambda: Worker(settings, backend, plugins).run(), backend.close)
 
 
