@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Exchange loops of a worker, each leasing at most its share of the slots, so that the jobs
+# of one call run while the next call is on its way. Three lanes drained slower than two.
+EXCHANGE_LANES = 2
 IDLE_WAIT = 1.0  # seconds an idle worker blocks on the wake-up list before it claims again
 CONTROL_INTERVAL = 1.0  # seconds between checks for cancel requests and metric flushes
 BACKOFF_MAX = 10.0  # seconds between attempts to reach an unreachable backend, at most
@@ -65,6 +68,7 @@ class Worker:
         self._ready: collections.deque[Job] = collections.deque()  # leased, not taken by a slot
         self._closing = False  # no more jobs come: idle slots return
         self._settling = 0  # slots waiting for their outcome to be recorded, to announce it
+        self._settling_sent = 0  # those of them whose outcome is in an exchange call in flight
         self._outcomes: list[_Finished] = []  # finished runs waiting for the exchange loop
         self._dry = False  # the last lease found fewer jobs than free slots
         self._run_scopes: dict[str, anyio.CancelScope] = {}  # cancelled when a lease is lost
@@ -75,13 +79,17 @@ class Worker:
         self.started_at = now_ms()
         self._stopping = False
         self._blocked = False  # a task blocks in wait_and_lease: the loop or the idle waiter
-        self._wake: anyio.Event | None = None  # set when the exchange loop has work
+        self._wakers: set[anyio.Event] = set()  # one per exchange lane, set when work arrives
+        self._leasing = 0  # jobs requested by exchange calls in flight, not dispatched yet
         self._need_jobs: anyio.Event | None = None  # set when the idle waiter should block
         self._stop_requested: anyio.Event | None = None
         self._jobs_ready: anyio.Event  # set when leased jobs wait in _ready, then replaced
+        self._releasing: anyio.Lock  # held while unstarted jobs go back to their queue
         self._jobs_scope: anyio.CancelScope | None = None
         # A thread abandoned at a timeout gives its token back, so the pool stays this size.
         self._threads = anyio.CapacityLimiter(self.concurrency)
+        # Jobs one exchange call leases at most: the slots (and prefetch) split between lanes.
+        self._lane_share = -(-(self.concurrency + self.prefetch) // EXCHANGE_LANES)
 
     async def run(self, handle_signals: bool = True) -> None:
         """Fetch and run jobs until ``stop()`` or SIGTERM/SIGINT, then shut down gracefully."""
@@ -92,9 +100,9 @@ class Worker:
             self.concurrency,
             ", ".join(self.plugins.registry.names()) or "none",
         )
-        self._wake = anyio.Event()
         self._need_jobs = anyio.Event()
         self._jobs_ready = anyio.Event()
+        self._releasing = anyio.Lock()
         self._stop_requested = anyio.Event()
         if self._stopping:
             self._stop_requested.set()
@@ -154,7 +162,9 @@ class Worker:
             work.start_soon(self._enforce_grace)
             work.start_soon(self._run_slots)
             try:
-                await self._exchange_loop()
+                async with anyio.create_task_group() as lanes:
+                    for _ in range(EXCHANGE_LANES):
+                        lanes.start_soon(self._exchange_loop)
             finally:
                 self._closing = True
                 self._ready_signal()
@@ -193,15 +203,22 @@ class Worker:
         self._jobs_ready = anyio.Event()
 
     def _wake_exchange(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        for waker in self._wakers:
+            waker.set()
 
     async def _exchange_loop(self) -> None:
-        """Record finished runs and lease jobs for free slots, one script call per batch."""
+        """Record finished runs and lease jobs for free slots, one script call per batch.
+
+        ``EXCHANGE_LANES`` of these loops run. While one waits for its reply, the jobs that
+        the other leased run. With one loop, the slots idled for every round trip.
+        """
         failures = 0
+        wake = anyio.Event()
         try:
             while True:
-                self._wake = anyio.Event()
+                self._wakers.discard(wake)
+                wake = anyio.Event()
+                self._wakers.add(wake)
                 if self._stopping:
                     # Jobs that no slot has started go back at once, instead of holding the
                     # worker up for the grace period.
@@ -209,43 +226,56 @@ class Worker:
                 free = self._free_slots()
                 # While the idle waiter blocks, its own lease takes the jobs that arrive. A
                 # second lease here could take more jobs than there are free slots.
-                lease_count = 0 if self._dry or self._blocked else free
+                lease_count = 0 if self._dry or self._blocked else min(free, self._lane_share)
                 if not self._outcomes and lease_count == 0:
-                    if self._stopping and self._busy == 0 and not self._blocked:
+                    if self._stopping and self._busy == 0 and not self._blocked and not self._leasing:
+                        self._wake_exchange()  # the other lanes see the end too
                         return
-                    if free > 0 and self._busy == 0 and not self._blocked:
+                    if free > 0 and self._busy == 0 and not self._blocked and not self._leasing:
                         # Nothing runs, so no outcome can arrive: block and lease in one call.
                         # Not while the idle waiter blocks too: it would take the next token.
                         failures = await self._wait_and_lease(free, failures)
                         continue
                     if free > 0 and self._need_jobs is not None:
                         self._need_jobs.set()  # the idle waiter blocks on the wake-up list
-                    await self._wake.wait()
+                    await wake.wait()
                     continue
 
+                # Counted until the reply is dispatched, so that the other lane leases only
+                # for the slots left.
+                self._leasing += lease_count
                 try:
                     leased = await self._exchange(lease_count)
-                    failures = 0
                 except BackendError as error:
+                    leased, failure = [], error
+                else:
+                    failure = None
+                finally:
+                    self._leasing -= lease_count
+                if failure is not None:
                     failures += 1
-                    await self._backoff("record outcomes and lease jobs", error, failures)
+                    await self._backoff("record outcomes and lease jobs", failure, failures)
                     continue
+                failures = 0
                 if lease_count:
                     # A call that only recorded outcomes read nothing of the queue. Jobs that
                     # arrived since the last lease left tokens in the wake-up list.
                     self._dry = len(leased) < lease_count
                 self._dispatch(leased)
         finally:
+            self._wakers.discard(wake)
             # Outcomes of runs that ended as the worker was cancelled are still recorded.
             with anyio.CancelScope(shield=True):
                 await self._flush_outcomes()
 
     def _free_slots(self) -> int:
-        # A slot waiting to announce a recorded outcome is free by the time a lease's reply
-        # arrives, so the job leased for it waits in the buffer only briefly.
+        # A slot waiting to announce its outcome is free once the call that records the outcome
+        # replies. That call records before it leases, so its own lease may count the slot.
         if self._stopping:
             return 0
-        return self.concurrency + self.prefetch - self._busy + self._settling
+        settling = self._settling - self._settling_sent
+        # The sum drops below zero between an announcing slot settling and its run ending.
+        return max(0, self.concurrency + self.prefetch - self._busy - self._leasing + settling)
 
     async def _wait_and_lease(self, free: int, failures: int) -> int:
         """Block on the wake-up list, lease up to ``free`` jobs and return the failure count.
@@ -291,11 +321,14 @@ class Worker:
         """Return the leased jobs that no slot has taken to the head of their queue, in order."""
         # NOTE: a prefetched job's lease counts toward POISON_THRESHOLD like a running one's when
         # its worker dies, although it never started.
-        while self._ready:
-            job = self._ready.pop()  # the last first, so LPUSH restores the queue's order
-            with anyio.CancelScope(shield=True):
-                await self._release(job)
-            self._busy -= 1
+        # One caller at a time: both lanes release at a stop, and the LPUSHes of two callers
+        # could reach Redis out of order on their two connections.
+        async with self._releasing:
+            while self._ready:
+                job = self._ready.pop()  # the last first, so LPUSH restores the queue's order
+                with anyio.CancelScope(shield=True):
+                    await self._release(job)
+                self._busy -= 1
 
     async def _exchange(self, lease_count: int) -> list[Job]:
         """Record the waiting outcomes and lease up to ``lease_count`` jobs, in one call.
@@ -304,6 +337,10 @@ class Worker:
         lease (see ``_still_recordable``).
         """
         finished, self._outcomes = self._outcomes, []
+        # The slots of these outcomes free up only when this call's reply arrives, so the other
+        # lane must not lease for them meanwhile.
+        announcing = sum(1 for entry in finished if entry.settled is not None)
+        self._settling_sent += announcing
         try:
             # Shielded so that a stop cannot drop the reply of a call Redis carried out.
             with anyio.CancelScope(shield=True):
@@ -314,6 +351,8 @@ class Worker:
         except BackendError:
             self._outcomes = self._still_recordable(finished) + self._outcomes
             raise
+        finally:
+            self._settling_sent -= announcing
         for entry, was_recorded in zip(finished, recorded):
             self.running.pop(entry.outcome.job.id, None)
             self._settle(entry, was_recorded)
