@@ -248,11 +248,11 @@ class Bench:
         self.reset()
         return {"seconds": result["seconds"], "rate": self.options.jobs / result["seconds"]}
 
-    def latency(self) -> dict[str, Any]:
-        """Measure pickup latency ``reps`` times on one idle worker, and its idle memory."""
+    def latency(self, rep: int) -> dict[str, Any]:
+        """Measure pickup latency once on a fresh idle worker, and that worker's idle memory."""
         self.reset()
         options = self.options
-        (worker,) = self.start_workers(1, "latency")
+        (worker,) = self.start_workers(1, f"latency-rep{rep}")
         try:
             warmup = self.driver("warmup", "--key", "bench:warmup", "--timeout", "60", timeout=120)
             if not warmup["ready"]:
@@ -261,32 +261,28 @@ class Bench:
                 )
             time.sleep(1.0)  # idle: no job running, start-up finished
             idle = tree_memory(worker.pid)
-            runs = []
-            for rep in range(options.reps):
-                key = f"bench:latency:{rep}:{uuid.uuid4().hex[:8]}"
-                result = self.driver(
-                    "latency",
-                    "--count",
-                    str(options.latency_jobs),
-                    "--gap",
-                    str(options.latency_gap),
-                    "--limit",
-                    str(options.latency_limit),
-                    "--seed",
-                    str(rep + 1),
-                    "--key",
-                    key,
-                    "--timeout",
-                    "60",
-                    timeout=options.latency_limit + 120,
-                )
-                runs.append(_latency_figures(result))
-                time.sleep(1.0)
+            key = f"bench:latency:{rep}:{uuid.uuid4().hex[:8]}"
+            result = self.driver(
+                "latency",
+                "--count",
+                str(options.latency_jobs),
+                "--gap",
+                str(options.latency_gap),
+                "--limit",
+                str(options.latency_limit),
+                "--seed",
+                str(rep + 1),
+                "--key",
+                key,
+                "--timeout",
+                "60",
+                timeout=options.latency_limit + 120,
+            )
             worker.check_running()
         finally:
             self.stop([worker])
         return {
-            "runs": runs,
+            "run": _latency_figures(result),
             "idle_rss": idle["rss"],
             "idle_pss": idle["pss"],
             "idle_processes": idle["processes"],
