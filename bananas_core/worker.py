@@ -81,6 +81,9 @@ class Worker:
         self._blocked = False  # a task blocks in wait_and_lease: the loop or the idle waiter
         self._wakers: set[anyio.Event] = set()  # one per exchange lane, set when work arrives
         self._leasing = 0  # jobs requested by exchange calls in flight, not dispatched yet
+        self._calls_sent = 0  # exchange calls sent, numbered from 0
+        self._calls_dispatched = 0  # exchange calls whose jobs went to the slots, in order
+        self._replies: dict[int, tuple[int, list[Job]]] = {}  # by call number: jobs asked, leased
         self._need_jobs: anyio.Event | None = None  # set when the idle waiter should block
         self._stop_requested: anyio.Event | None = None
         self._jobs_ready: anyio.Event  # set when leased jobs wait in _ready, then replaced
@@ -219,9 +222,10 @@ class Worker:
                 self._wakers.discard(wake)
                 wake = anyio.Event()
                 self._wakers.add(wake)
-                if self._stopping:
+                if self._stopping and not self._leasing:
                     # Jobs that no slot has started go back at once, instead of holding the
-                    # worker up for the grace period.
+                    # worker up for the grace period. Not while a lease is on its way: its jobs
+                    # come from further down the queue, so they must go back first.
                     await self._release_unstarted()
                 free = self._free_slots()
                 # While the idle waiter blocks, its own lease takes the jobs that arrive. A
@@ -244,14 +248,17 @@ class Worker:
                 # Counted until the reply is dispatched, so that the other lane leases only
                 # for the slots left.
                 self._leasing += lease_count
+                ticket = self._calls_sent
+                self._calls_sent += 1
+                leased: list[Job] = []
+                failure: BackendError | None = None
                 try:
                     leased = await self._exchange(lease_count)
                 except BackendError as error:
-                    leased, failure = [], error
-                else:
-                    failure = None
+                    failure = error
                 finally:
-                    self._leasing -= lease_count
+                    self._replies[ticket] = (lease_count, leased)
+                    self._dispatch_replies()
                 if failure is not None:
                     failures += 1
                     await self._backoff("record outcomes and lease jobs", failure, failures)
@@ -261,12 +268,23 @@ class Worker:
                     # A call that only recorded outcomes read nothing of the queue. Jobs that
                     # arrived since the last lease left tokens in the wake-up list.
                     self._dry = len(leased) < lease_count
-                self._dispatch(leased)
         finally:
             self._wakers.discard(wake)
             # Outcomes of runs that ended as the worker was cancelled are still recorded.
             with anyio.CancelScope(shield=True):
                 await self._flush_outcomes()
+
+    def _dispatch_replies(self) -> None:
+        """Hand the jobs of the exchange calls to the slots in the order the calls were sent.
+
+        The lanes' calls run in Redis in that order, but the worker can read the second reply
+        first. A reply that arrives early waits here, still counted in ``_leasing``.
+        """
+        while self._calls_dispatched in self._replies:
+            count, leased = self._replies.pop(self._calls_dispatched)
+            self._calls_dispatched += 1
+            self._leasing -= count
+            self._dispatch(leased)
 
     def _free_slots(self) -> int:
         # A slot waiting to announce its outcome is free once the call that records the outcome

@@ -219,16 +219,42 @@ async def test_processing_jobs_never_exceed_slots(backend_url: str, key_prefix: 
     async with start_system(settings) as system:
         specs = [JobSpec("async_sleep", {"seconds": 0.002}) for _ in range(90)]
         await system.client.submit_batch(specs)
-        most = 0
+        max_processing = 0
         with anyio.fail_after(20):
             while True:
                 counts = await system.client.counts()
-                most = max(most, counts.processing)
+                max_processing = max(max_processing, counts.processing)
                 if counts.completed == len(specs):
                     break
 
-    assert most <= 3
-    assert most >= 2
+    assert max_processing <= 3
+    assert max_processing >= 2
+
+
+async def test_stop_returns_leased_jobs_in_queue_order(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(
+        backend_url, key_prefix, WORKER_CONCURRENCY=2, WORKER_PREFETCH=5, SHUTDOWN_GRACE=5
+    )
+    async with start_system(settings) as system:
+        submitted: list[str] = []
+        for _ in range(4):
+            batch = [JobSpec("async_sleep", {"seconds": 0.001}) for _ in range(100)]
+            submitted += [submission.job.id for submission in await system.client.submit_batch(batch)]
+        with anyio.fail_after(10):
+            while (await system.client.counts()).completed < 100:
+                await anyio.sleep(0.005)
+
+        system.worker.stop()
+        with anyio.fail_after(10):
+            while (await system.client.counts()).processing:
+                await anyio.sleep(0.01)
+        backend = system.client.backend
+        assert isinstance(backend, RedisBackend)
+        queued = await backend.client.lrange(backend.keys.normal, 0, -1)
+
+    positions = [submitted.index(job_id) for job_id in queued]
+    assert positions == sorted(positions)
+    assert queued[-1] == submitted[-1]
 
 
 async def test_stopping_worker_starts_no_new_job(backend_url: str, key_prefix: str) -> None:
