@@ -277,8 +277,8 @@ class Worker:
     def _dispatch_replies(self) -> None:
         """Hand the jobs of the exchange calls to the slots in the order the calls were sent.
 
-        The lanes' calls run in Redis in that order, but the worker can read the second reply
-        first. A reply that arrives early waits here, still counted in ``_leasing``.
+        The lanes' calls normally run in Redis in that order, but the worker can read the second
+        reply first. A reply that arrives early waits here, still counted in ``_leasing``.
         """
         while self._calls_dispatched in self._replies:
             count, leased = self._replies.pop(self._calls_dispatched)
