@@ -491,7 +491,7 @@ async def test_script_after_restart_reconnects(tmp_path: Path) -> None:
         await anyio.sleep(0.05)  # the event loop receives the old socket's end
 
         job = make_job()
-        stored, created = await store.enqueue(job)
+        _, created = await store.enqueue(job)
 
         assert created
         assert (await store.get_job(job.id)).status is JobStatus.pending
