@@ -76,6 +76,8 @@ class Worker:
         self.stats = JobStats()
         self._register_failures = 0
         self._control_failures = 0
+        # One count for both exchange lanes, so that an outage logs one line, not one per lane.
+        self._lane_failures = 0
         self.started_at = now_ms()
         self._stopping = False
         self._blocked = False  # a task blocks in wait_and_lease: the loop or the idle waiter
@@ -215,7 +217,6 @@ class Worker:
         ``EXCHANGE_LANES`` of these loops run. While one waits for its reply, the jobs that
         the other leased run. With one loop, the slots idled for every round trip.
         """
-        failures = 0
         wake = anyio.Event()
         try:
             while True:
@@ -238,7 +239,7 @@ class Worker:
                     if free > 0 and self._busy == 0 and not self._blocked and not self._leasing:
                         # Nothing runs, so no outcome can arrive: block and lease in one call.
                         # Not while the idle waiter blocks too: it would take the next token.
-                        failures = await self._wait_and_lease(free, failures)
+                        self._lane_failures = await self._wait_and_lease(free, self._lane_failures)
                         continue
                     if free > 0 and self._need_jobs is not None:
                         self._need_jobs.set()  # the idle waiter blocks on the wake-up list
@@ -260,10 +261,10 @@ class Worker:
                     self._replies[ticket] = (lease_count, leased)
                     self._dispatch_replies()
                 if failure is not None:
-                    failures += 1
-                    await self._backoff("record outcomes and lease jobs", failure, failures)
+                    self._lane_failures += 1
+                    await self._backoff("record outcomes and lease jobs", failure, self._lane_failures)
                     continue
-                failures = 0
+                self._lane_failures = 0
                 if lease_count:
                     # A call that only recorded outcomes read nothing of the queue. Jobs that
                     # arrived since the last lease left tokens in the wake-up list.

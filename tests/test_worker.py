@@ -17,7 +17,7 @@ from bananas_core.backends import create_backend
 from bananas_core.backends.redis import RedisBackend
 from bananas_core.client import Client, JobSpec
 from bananas_core import hookimpl
-from bananas_core.errors import InvalidPayload
+from bananas_core.errors import BackendError, InvalidPayload
 from bananas_core.job import Job, JobStatus
 from bananas_core.plugins import load_plugins
 from bananas_core.scheduler import Scheduler
@@ -255,6 +255,32 @@ async def test_stop_returns_leased_jobs_in_queue_order(backend_url: str, key_pre
     positions = [submitted.index(job_id) for job_id in queued]
     assert positions == sorted(positions)
     assert queued[-1] == submitted[-1]
+
+
+async def test_outage_logs_one_line_for_both_lanes(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+    exchange = RedisBackend.exchange
+
+    async def failing_exchange(self: RedisBackend, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise BackendError("Redis at test failed in exchange: ConnectionError: refused")
+        return await exchange(self, *args)
+
+    monkeypatch.setattr(RedisBackend, "exchange", failing_exchange)
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=4)
+    async with start_system(settings) as system:
+        # Eight jobs for four slots: each lane leases two, and both meet the failure.
+        submitted = await system.client.submit_batch([JobSpec("echo", {"n": n}) for n in range(8)])
+        for submission in submitted:
+            await system.wait_for(submission.job)
+
+    warnings = [record for record in caplog.records if "could not record outcomes" in record.getMessage()]
+    assert calls > 2
+    assert len(warnings) == 1
 
 
 async def test_stopping_worker_starts_no_new_job(backend_url: str, key_prefix: str) -> None:
