@@ -209,8 +209,9 @@ def _run_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     plugins = _start(settings)
     backend = create_backend(plugins.manager, settings)
-    tune_for_jobs()
-    return _run(lambda: Worker(settings, backend, plugins).run(), backend.close)
+    # Tuned once the worker has connected and registered, so that what that allocated for
+    # good is frozen too, and what it freed goes back to the system.
+    return _run(lambda: Worker(settings, backend, plugins).run(on_started=tune_for_jobs), backend.close)
 
 
 def _run_scheduler(settings: Settings, args: argparse.Namespace) -> int:

@@ -96,8 +96,11 @@ class Worker:
         # Jobs one exchange call leases at most: the slots (and prefetch) split between lanes.
         self._lane_share = -(-(self.concurrency + self.prefetch) // EXCHANGE_LANES)
 
-    async def run(self, handle_signals: bool = True) -> None:
-        """Fetch and run jobs until ``stop()`` or SIGTERM/SIGINT, then shut down gracefully."""
+    async def run(self, handle_signals: bool = True, on_started: Callable[[], object] | None = None) -> None:
+        """Fetch and run jobs until ``stop()`` or SIGTERM/SIGINT, then shut down gracefully.
+
+        ``on_started`` is called once the worker has registered, before it leases a job.
+        """
         logger.info(
             "Worker %s starting on queue %s with concurrency %d, handlers: %s",
             self.id,
@@ -116,6 +119,8 @@ class Worker:
                 # Handlers are in place before the first lease, so a SIGTERM always drains.
                 await services.start(self._watch_signals)
             await self._register()
+            if on_started is not None:
+                on_started()
             services.start_soon(self._renew_leases)
             services.start_soon(self._control)
 

@@ -670,6 +670,42 @@ async def test_worker_registers_and_deregisters(backend_url: str, key_prefix: st
     assert after == []
 
 
+async def test_on_started_runs_after_registration_and_before_any_lease(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(backend_url, key_prefix)
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    client = Client(settings, plugins=plugins, backend=backend)
+    job = await client.submit("echo", {"queued": "before the worker started"})
+    steps: list[str] = []
+
+    def recorded(step: str, call: Any) -> Any:
+        async def recording(*args: Any, **kwargs: Any) -> Any:
+            steps.append(step)
+            return await call(*args, **kwargs)
+
+        return recording
+
+    monkeypatch.setattr(backend, "register_worker", recorded("register", backend.register_worker))
+    monkeypatch.setattr(backend, "wait_and_lease", recorded("lease", backend.wait_and_lease))
+    monkeypatch.setattr(backend, "exchange", recorded("lease", backend.exchange))
+    worker = Worker(settings, backend, plugins)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: worker.run(handle_signals=False, on_started=lambda: steps.append("started")))
+            with anyio.fail_after(10):
+                while (await client.get_job(job.id)).status is not JobStatus.completed:
+                    await anyio.sleep(0.02)
+            worker.stop()
+    finally:
+        await backend.close()
+
+    assert steps[:3] == ["register", "started", "lease"]
+    assert steps.count("started") == 1
+
+
 async def test_job_counters_reach_the_backend(system: System) -> None:
     job = await system.client.submit("echo", {})
     await system.wait_for(job)
