@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -13,6 +14,7 @@ import anyio
 import pytest
 
 from bananas_core.backends.base import Backend, RunOutcome
+from bananas_core.backends.keys import WAKEUP_TOKENS_MAX
 from bananas_core.backends.memory import memory_backend
 from bananas_core.backends.redis import RedisBackend
 from bananas_core.errors import BackendError, JobNotFound
@@ -463,31 +465,33 @@ async def test_exchange_repeat_reports_recorded(backend: Backend) -> None:
     assert (await backend.get_job(retried.id)).retries == 1
 
 
-async def test_script_after_restart_reconnects(tmp_path: Path) -> None:
-    # The script connection idles while the server restarts, so its socket is closed.
+def start_private_redis(directory: Path) -> subprocess.Popen[bytes]:
+    """Start a redis-server of this test's own on a Unix socket in ``directory``."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed")
-    socket_path = tmp_path / "redis.sock"
+    socket_path = directory / "redis.sock"
+    process = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not socket_path.exists():
+        assert time.monotonic() < deadline, "redis-server did not create its socket within 10s"
+        time.sleep(0.02)
+    return process
 
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [server, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert time.monotonic() < deadline, "redis-server did not create its socket within 10s"
-            time.sleep(0.02)
-        return process
 
-    process = start()
-    store = RedisBackend.from_url(f"unix://{socket_path}", prefix="bananas", queue="default")
+async def test_script_after_restart_reconnects(tmp_path: Path) -> None:
+    # The script connection idles while the server restarts, so its socket is closed.
+    process = start_private_redis(tmp_path)
+    store = RedisBackend.from_url(f"unix://{tmp_path / 'redis.sock'}", prefix="bananas", queue="default")
     try:
         await store.enqueue(make_job())
         process.terminate()
         process.wait(10)
-        process = start()
+        (tmp_path / "redis.sock").unlink(missing_ok=True)
+        process = start_private_redis(tmp_path)
         await anyio.sleep(0.05)  # the event loop receives the old socket's end
 
         job = make_job()
@@ -539,3 +543,68 @@ async def test_large_command_round_trips(redis_url: str, key_prefix: str) -> Non
         assert await store._round_trip(("ECHO", "small")) == "small"
     finally:
         await store.close()
+
+
+@pytest.mark.redis
+async def test_wakeup_list_keeps_at_most_its_limit(backend: RedisBackend) -> None:
+    for _ in range(WAKEUP_TOKENS_MAX + 6):
+        await backend.enqueue(make_job())
+
+    assert await backend.client.llen(backend.keys.wakeup) == WAKEUP_TOKENS_MAX
+
+
+@pytest.mark.redis
+async def test_lease_that_empties_the_queue_deletes_wakeup_tokens(backend: RedisBackend) -> None:
+    jobs = [make_job(priority=priority) for priority in ("high", "normal", "low")]
+    for job in jobs:
+        await backend.enqueue(job)
+    assert await backend.client.llen(backend.keys.wakeup) == 3
+
+    leased = await backend.claim(10, "w", 30)
+
+    assert [job.id for job in leased] == [job.id for job in jobs]
+    assert await backend.client.exists(backend.keys.wakeup) == 0
+
+
+@pytest.mark.redis
+async def test_lease_that_leaves_jobs_keeps_a_wakeup_token(backend: RedisBackend) -> None:
+    # The lease takes all it asked for from the high list, which is then empty, and leaves
+    # the normal job for another worker.
+    for priority in ("high", "high", "normal"):
+        await backend.enqueue(make_job(priority=priority))
+    await backend.client.delete(backend.keys.wakeup)
+
+    leased = await backend.claim(2, "w", 30)
+
+    assert [job.priority.value for job in leased] == ["high", "high"]
+    assert await backend.client.llen(backend.keys.wakeup) == 1
+
+
+async def test_stalled_server_fails_a_call_at_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stopped server accepts the command into its socket but never replies.
+    process = start_private_redis(tmp_path)
+    monkeypatch.setattr("bananas_core.backends.redis.SOCKET_TIMEOUT", 0.3)
+    store = RedisBackend.from_url(f"unix://{tmp_path / 'redis.sock'}", prefix="bananas", queue="default")
+    try:
+        # Two calls at once leave two idle script connections, one for each call below.
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.claim, 1, "w", 30)
+            group.start_soon(store.claim, 1, "w", 30)
+        assert len(store._idle_connections) == 2
+        process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="no reply from Redis within 0.3s"):
+            await store.claim(1, "w", 30)
+        with pytest.raises(BackendError, match="no reply from Redis within 0.3s"):
+            await store.wait_and_lease(0.1, 1, "w", 30)  # two replies, one deadline
+        elapsed = time.monotonic() - started
+        process.send_signal(signal.SIGCONT)
+        await store.enqueue(job := make_job())
+
+        assert 0.6 <= elapsed < 3
+        assert [leased.id for leased in await store.claim(1, "w", 30)] == [job.id]
+    finally:
+        process.send_signal(signal.SIGCONT)
+        await store.close()
+        process.terminate()
+        process.wait(10)

@@ -17,8 +17,9 @@ local channel = ARGV[4]
 local recorded = {}
 
 local function wake_one_worker()
-  redis.call('RPUSH', KEYS[7], '1')
-  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[3]), -1)
+  if redis.call('RPUSH', KEYS[7], '1') > tonumber(ARGV[3]) then
+    redis.call('LTRIM', KEYS[7], -tonumber(ARGV[3]), -1)
+  end
 end
 
 -- A worker sends its outcomes again when the reply to a call was lost. So an outcome whose
@@ -88,6 +89,8 @@ end
 local requested = tonumber(ARGV[5])
 local deadline = now + tonumber(ARGV[1])
 local leased = {}
+-- Lists that returned fewer ids than were asked for are empty now.
+local emptied = 0
 for i = 1, 3 do
   local left = requested - #leased
   if left <= 0 then
@@ -95,6 +98,9 @@ for i = 1, 3 do
   end
 
   local ids = redis.call('LPOP', KEYS[i], left)
+  if not ids or #ids < left then
+    emptied = emptied + 1
+  end
   if ids then
     for _, id in ipairs(ids) do
       local raw = redis.call('HGET', KEYS[6], id)
@@ -119,7 +125,12 @@ for i = 1, 3 do
 end
 
 if requested > 0 then
-  local left = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
+  -- When all three lists came back short, the queue is empty without asking their lengths:
+  -- on an idle worker's lease, each command a script calls costs more than the command itself.
+  local left = 0
+  if emptied < 3 then
+    left = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3])
+  end
   if left > 0 and #leased >= requested then
     -- This worker is full but work is left: wake another idle worker.
     wake_one_worker()

@@ -22,7 +22,8 @@ for _, id in ipairs(ids) do
 end
 
 if #ids > 0 then
-  redis.call('RPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
+  if redis.call('RPUSH', KEYS[6], '1') > tonumber(ARGV[2]) then
+    redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
+  end
 end
 return #ids

@@ -18,6 +18,7 @@ job.worker = nil
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(job))
 
 redis.call('LPUSH', KEYS[4], ARGV[1])
-redis.call('RPUSH', KEYS[5], '1')
-redis.call('LTRIM', KEYS[5], -tonumber(ARGV[3]), -1)
+if redis.call('RPUSH', KEYS[5], '1') > tonumber(ARGV[3]) then
+  redis.call('LTRIM', KEYS[5], -tonumber(ARGV[3]), -1)
+end
 return 1

@@ -59,7 +59,8 @@ for _, id in ipairs(ids) do
 end
 
 if requeued > 0 then
-  redis.call('RPUSH', KEYS[7], '1')
-  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[2]), -1)
+  if redis.call('RPUSH', KEYS[7], '1') > tonumber(ARGV[2]) then
+    redis.call('LTRIM', KEYS[7], -tonumber(ARGV[2]), -1)
+  end
 end
 return handled

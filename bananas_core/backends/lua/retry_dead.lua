@@ -22,6 +22,7 @@ job.run_at = nil
 raw = cjson.encode(job)
 redis.call('HSET', KEYS[1], ARGV[1], raw)
 redis.call('RPUSH', lists[job.priority] or KEYS[4], ARGV[1])
-redis.call('RPUSH', KEYS[6], '1')
-redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
+if redis.call('RPUSH', KEYS[6], '1') > tonumber(ARGV[2]) then
+  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
+end
 return raw

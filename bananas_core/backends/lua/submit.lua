@@ -51,7 +51,8 @@ for i, placement in ipairs(cjson.decode(ARGV[3])) do
 end
 
 if queued then
-  redis.call('RPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
+  if redis.call('RPUSH', KEYS[6], '1') > tonumber(ARGV[2]) then
+    redis.call('LTRIM', KEYS[6], -tonumber(ARGV[2]), -1)
+  end
 end
 return results

@@ -32,8 +32,9 @@ if run_at > 0 then
   redis.call('ZADD', KEYS[2], run_at, id)
 else
   redis.call('RPUSH', KEYS[2], id)
-  redis.call('RPUSH', KEYS[3], '1')
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+  if redis.call('RPUSH', KEYS[3], '1') > tonumber(ARGV[4]) then
+    redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+  end
 end
 if unique then
   redis.call('SET', unique, id, 'PX', ARGV[5])

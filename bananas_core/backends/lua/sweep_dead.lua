@@ -36,7 +36,8 @@ for _, id in ipairs(ids) do
 end
 
 if action == 'requeue' and changed > 0 then
-  redis.call('RPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[5]), -1)
+  if redis.call('RPUSH', KEYS[6], '1') > tonumber(ARGV[5]) then
+    redis.call('LTRIM', KEYS[6], -tonumber(ARGV[5]), -1)
+  end
 end
 return { changed, skipped, #ids }
