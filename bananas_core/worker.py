@@ -18,7 +18,7 @@ from typing import TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from bananas_core.backends.base import Backend, RunOutcome, WorkerInfo
+from bananas_core.backends.base import Backend, Recorded, RunOutcome, WorkerInfo
 from bananas_core.context import JobContext, job_logger
 from bananas_core.errors import BackendError, PermanentError
 from bananas_core.execution import (
@@ -550,23 +550,30 @@ class Worker:
             RunOutcome(job, "retry", details.model_dump_json(), delay), elapsed, details=details
         )
 
-    def _settle(self, entry: _Finished, recorded: bool) -> None:
+    def _settle(self, entry: _Finished, recorded: Recorded) -> None:
         """Count and log an outcome once the backend has recorded it, and wake its slot."""
         outcome = entry.outcome
         job = outcome.job
         if entry.settled is not None:
-            entry.recorded = recorded
+            # A retry that gave way to a cancel request has no observer hook to announce.
+            entry.recorded = recorded == Recorded.recorded
             entry.settled.set()
         if outcome.kind == "completed":
             self._settle_completed(entry, recorded)
         elif not recorded:
             logger.warning("Job %s:%s failed but its lease was lost; not retried here", job.id, job.name)
+        elif recorded == Recorded.cancelled:
+            logger.info(
+                "Cancelled job %s:%s instead of retrying it: its cancellation was requested while "
+                "attempt %d ran and failed", job.id, job.name, job.attempts,
+            )
+            self.stats.record(job.queue, job.name, Outcome.cancelled, entry.elapsed, _wait_seconds(job))
         elif outcome.kind == "retry":
             self._settle_retry(entry)
         else:
             self._settle_dead(entry)
 
-    def _settle_completed(self, entry: _Finished, recorded: bool) -> None:
+    def _settle_completed(self, entry: _Finished, recorded: Recorded) -> None:
         job = entry.outcome.job
         if not recorded:
             logger.warning(
@@ -803,7 +810,7 @@ class _Finished:
     details: JobError | None = None  # the error of a failed run
     finished_at: float = field(default_factory=time.monotonic)
     settled: anyio.Event | None = None  # set once recorded, when the slot waits to announce it
-    recorded: bool = False
+    recorded: bool = False  # recorded as the run ended, so its observers are called
 
 
 def _priority_rank(job: Job) -> int:

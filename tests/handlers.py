@@ -66,6 +66,7 @@ async def stamp_pid(payload: dict[str, Any]) -> int:
 
 
 def fail(payload: dict[str, Any]) -> None:
+    time.sleep(payload.get("seconds", 0))
     raise RuntimeError(payload.get("message", "handler failed on purpose"))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bananas_core.backends.base import Backend, RunOutcome
+from bananas_core.backends.base import Backend, Recorded, RunOutcome
 from bananas_core.backends.keys import WAKEUP_TOKENS_MAX
 from bananas_core.backends.memory import memory_backend
 from bananas_core.backends.redis import RedisBackend
@@ -463,6 +463,28 @@ async def test_exchange_repeat_reports_recorded(backend: Backend) -> None:
     assert recorded == [True, True, True]
     assert other_result == [False]
     assert (await backend.get_job(retried.id)).retries == 1
+
+
+async def test_retry_gives_way_to_a_cancel_request(backend: Backend) -> None:
+    job = make_job()
+    await backend.enqueue(job)
+    [leased] = await backend.claim(1, "w", 30)
+    assert (await backend.cancel_job(job.id))[0] == "requested"
+    error = JobError(type="RuntimeError", message="boom").model_dump_json()
+    retry = RunOutcome(leased, "retry", error, 0.0)
+
+    recorded, next_jobs = await backend.exchange([retry], 1, "w", 30)
+    repeated, _ = await backend.exchange([retry], 0, "w", 30)  # as after a lost reply
+
+    stored = await backend.get_job(job.id)
+    assert recorded == [Recorded.cancelled]
+    assert repeated == [Recorded.cancelled]
+    assert next_jobs == []
+    assert stored.status is JobStatus.cancelled
+    assert stored.error is not None and stored.error.message == "boom"
+    assert stored.retries == 0
+    counts = await backend.queue_counts("default")
+    assert (counts.normal, counts.scheduled, counts.processing, counts.cancelled) == (0, 0, 0, 1)
 
 
 def start_private_redis(directory: Path) -> subprocess.Popen[bytes]:

@@ -706,6 +706,26 @@ async def test_on_started_runs_after_registration_and_before_any_lease(
     assert steps.count("started") == 1
 
 
+async def test_failed_run_with_a_cancel_request_is_cancelled_not_retried(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker checks cancel requests once a minute here, so the run fails
+    # before the worker stops it.
+    monkeypatch.setattr("bananas_core.worker.CONTROL_INTERVAL", 60)
+    caplog.set_level("INFO", logger="bananas_core.worker")
+    async with start_system(make_settings(backend_url, key_prefix)) as system:
+        job = await system.client.submit("fail", {"seconds": 0.5}, max_retries=3)
+        await system.wait_until_started(job)
+        assert (await system.client.cancel(job.id))[0] == "requested"
+
+        final = await system.wait_for(job, {JobStatus.cancelled, JobStatus.pending, JobStatus.scheduled})
+
+    assert final.status is JobStatus.cancelled
+    assert (final.attempts, final.retries) == (1, 0)
+    assert final.error is not None and final.error.type == "RuntimeError"
+    assert any("instead of retrying it" in record.getMessage() for record in caplog.records)
+
+
 async def test_job_counters_reach_the_backend(system: System) -> None:
     job = await system.client.submit("echo", {})
     await system.wait_for(job)

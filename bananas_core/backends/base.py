@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from enum import IntEnum
 
 from bananas_core.job import Job, JobError, JobStatus
+
+
+class Recorded(IntEnum):
+    """The fate of one outcome sent to ``Backend.exchange``. Only ``stale`` is false."""
+
+    stale = 0  # the job's lease was lost, so another delivery owns it: nothing was recorded
+    recorded = 1
+    # A failed run whose retry gave way to a cancel request made while it ran: the job is
+    # cancelled, with the run's error, and does not run again.
+    cancelled = 2
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def exchange(
         self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
-    ) -> tuple[list[bool], list[Job]]:
+    ) -> tuple[list[Recorded], list[Job]]:
         """Record ``outcomes``, then lease up to ``count`` jobs, as one atomic step.
 
-        Returns a flag per outcome (False where the job's lease was lost, so the outcome was
-        not recorded) and the leased jobs. A busy worker acknowledges its finished runs and
+        Returns what became of each outcome and the leased jobs. A busy worker acknowledges its finished runs and
         fetches the next ones in one round trip.
         """
 
@@ -94,7 +104,8 @@ class Backend(abc.ABC):
     async def fail(self, job: Job, error: JobError, retry_delay: float | None) -> bool:
         """Record a failed run: a retry ``retry_delay`` seconds from now, or dead letter if None.
 
-        Returns False if the job's lease was lost.
+        Returns False if the job's lease was lost. A retry gives way to a cancel request made
+        while the job ran: the job is cancelled instead.
         """
 
     @abc.abstractmethod

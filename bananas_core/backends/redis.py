@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
     from async_timeout import timeout as _deadline
 
-from bananas_core.backends.base import Backend, JobPage, QueueCounts, RunOutcome, WorkerInfo
+from bananas_core.backends.base import Backend, JobPage, QueueCounts, Recorded, RunOutcome, WorkerInfo
 from bananas_core.backends.keys import (
     WAKEUP_TOKENS_MAX,
     QueueKeys,
@@ -97,7 +97,7 @@ class RedisBackend(Backend):
         self._exchange_keys = [
             *self.keys.priority_lists, self.keys.processing, self.keys.leases, self.keys.jobs,
             self.keys.wakeup, self.keys.completed, self.keys.scheduled, self.keys.dead,
-            cancel_requests_key(prefix, queue),
+            cancel_requests_key(prefix, queue), cancelled_key(prefix, queue),
         ]
         self._scripts: dict[str, _Script] = {}  # loaded from the package on first use
         self._idle_connections: list[Any] = []  # for _round_trip; redis-py's pool keeps the rest
@@ -188,10 +188,10 @@ class RedisBackend(Backend):
     @_translate_errors
     async def exchange(
         self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
-    ) -> tuple[list[bool], list[Job]]:
+    ) -> tuple[list[Recorded], list[Job]]:
         args = self._exchange_args(outcomes, count, worker, lease)
         recorded, records = await self._eval("exchange", self._exchange_keys, args)
-        return [flag == 1 for flag in recorded], [Job.from_record(record) for record in records]
+        return [Recorded(flag) for flag in recorded], [Job.from_record(record) for record in records]
 
     def _exchange_args(
         self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
@@ -243,7 +243,7 @@ class RedisBackend(Backend):
     async def complete(self, job: Job, result: object) -> bool:
         encoded = "" if result is None else json.dumps(result)
         [recorded], _ = await self.exchange([RunOutcome(job, "completed", encoded)], 0, "", 0)
-        return recorded
+        return bool(recorded)
 
     async def fail(self, job: Job, error: JobError, retry_delay: float | None) -> bool:
         if retry_delay is None:
@@ -251,7 +251,7 @@ class RedisBackend(Backend):
         else:
             outcome = RunOutcome(job, "retry", error.model_dump_json(), retry_delay)
         [recorded], _ = await self.exchange([outcome], 0, "", 0)
-        return recorded
+        return bool(recorded)
 
     @_translate_errors
     async def release(self, job: Job) -> bool:

@@ -1,14 +1,15 @@
 -- Record the outcomes of finished runs, then lease the next jobs: one round trip per batch, so
 -- a busy worker acknowledges and fetches together.
 -- KEYS: high, normal, low, processing, leases, jobs, wakeup, completed, scheduled, dead,
---       cancel requests
+--       cancel requests, cancelled
 -- ARGV: lease ms, worker id, wakeup token limit, finished channel, jobs requested, outcomes.
 --       The outcomes are one JSON array of [job id, delivery token, kind, value, retry delay ms]
 --       arrays. One argument costs the worker less to send than five per outcome, and decoding
 --       it costs Redis little. kind 'completed' stores value as the result ('' for none).
 --       'retry' and 'dead' store it as the error, and 'retry' runs the job again after the delay.
 -- Returns {one flag per outcome: 1 recorded (now or by an earlier call with the same outcome),
---          0 stale token (another delivery owns the job), the leased records}.
+--          0 stale token (another delivery owns the job), 2 a failed run whose retry gave way
+--          to a cancel request, so the job is cancelled; the leased records}.
 -- Times come from the Redis server's clock, so the clocks of workers and schedulers need not agree.
 local server_time = redis.call('TIME')
 local now = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
@@ -36,7 +37,13 @@ local function recorded_before(id, token, kind, value)
   if kind == 'dead' then
     return (job.status == 'dead' and job.error == value) and 1 or 0
   end
-  return ((job.status == 'scheduled' or job.status == 'pending') and job.error == value) and 1 or 0
+  if job.error ~= value then
+    return 0
+  end
+  if job.status == 'cancelled' then
+    return 2
+  end
+  return (job.status == 'scheduled' or job.status == 'pending') and 1 or 0
 end
 
 for _, outcome in ipairs(cjson.decode(ARGV[6])) do
@@ -48,6 +55,7 @@ for _, outcome in ipairs(cjson.decode(ARGV[6])) do
     redis.call('ZREM', KEYS[4], id)
     redis.call('HDEL', KEYS[5], id)
     local job = cjson.decode(redis.call('HGET', KEYS[6], id))
+    local flag = 1
     job.finished_at = now
     job.worker = nil
 
@@ -66,6 +74,13 @@ for _, outcome in ipairs(cjson.decode(ARGV[6])) do
       redis.call('ZADD', KEYS[10], now, id)
       redis.call('HDEL', KEYS[11], id)
       redis.call('PUBLISH', channel, id)
+    elseif redis.call('HDEL', KEYS[11], id) == 1 then
+      -- Cancellation was requested while the run failed: the job is not run again.
+      job.status = 'cancelled'
+      job.error = value
+      redis.call('ZADD', KEYS[12], now, id)
+      redis.call('PUBLISH', channel, id)
+      flag = 2
     else
       job.error = value
       job.retries = (job.retries or 0) + 1
@@ -81,7 +96,7 @@ for _, outcome in ipairs(cjson.decode(ARGV[6])) do
       end
     end
     redis.call('HSET', KEYS[6], id, cjson.encode(job))
-    recorded[#recorded + 1] = 1
+    recorded[#recorded + 1] = flag
   end
 end
 
