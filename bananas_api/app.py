@@ -51,6 +51,7 @@ from bananas_core.errors import (
     BananasError,
     InvalidPayload,
     JobConflict,
+    PayloadTooLarge,
     ScheduleNotFound,
 )
 from bananas_core.job import Job, JobStatus, now_ms
@@ -234,7 +235,7 @@ def _add_submit_routes(
                 },
             },
             409: _error("The idempotency key was used before for another name or payload."),
-            413: _error("The body is over MAX_REQUEST_BYTES."),
+            413: _error("The body is over MAX_REQUEST_BYTES, or a payload is over MAX_PAYLOAD_BYTES."),
             422: _error("The body is invalid, or no installed plugin handles the job name."),
             **_GUARDED,
         },
@@ -277,7 +278,7 @@ def _add_submit_routes(
         dependencies=guard,
         responses={
             409: _error("A unique key was used before for another name or payload."),
-            413: _error("The body is over MAX_REQUEST_BYTES."),
+            413: _error("The body is over MAX_REQUEST_BYTES, or a payload is over MAX_PAYLOAD_BYTES."),
             422: _error("A job is invalid, the batch is over MAX_BATCH_JOBS, or its jobs name "
                         "different queues. Nothing was stored."),
             **_GUARDED,
@@ -315,6 +316,8 @@ async def _submit(client: Client, specs: list[JobSpec]) -> list:  # type: ignore
                 for problem in error.errors
             ],
         ) from error
+    except PayloadTooLarge as error:
+        raise ApiError(413, "payload_too_large", sentence(str(error))) from error
     except BananasError as error:
         raise ApiError(422, "invalid_request", sentence(str(error))) from error
 

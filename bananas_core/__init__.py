@@ -8,6 +8,7 @@ from bananas_core.errors import (
     InvalidPayload,
     JobConflict,
     JobNotFound,
+    PayloadTooLarge,
     PermanentError,
     PluginError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "JobError",
     "JobNotFound",
     "JobStatus",
+    "PayloadTooLarge",
     "PermanentError",
     "PluginError",
     "Priority",

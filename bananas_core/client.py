@@ -19,7 +19,7 @@ from anyio.from_thread import start_blocking_portal
 
 from bananas_core.backends import create_backend
 from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
-from bananas_core.errors import BananasError, JobConflict
+from bananas_core.errors import BananasError, JobConflict, PayloadTooLarge
 from bananas_core.job import Job, JobStatus, Priority, new_job, now_ms
 from bananas_core.plugins import Plugins, load_configured_plugins, notify
 from bananas_core.settings import Settings
@@ -174,7 +174,7 @@ class Client:
                 f"invalid payload of {where} {spec.payload!r}: expected a JSON object (a dict), "
                 f"not {type(spec.payload).__name__}"
             )
-        _check_json(spec.payload, where)
+        _check_json(spec.payload, where, self.settings.MAX_PAYLOAD_BYTES)
         # Options the caller left out take the handler's registered defaults first.
         handler = self.plugins.registry.get(spec.name)
         defaults = handler.job_defaults() if handler is not None else {}
@@ -403,11 +403,14 @@ class SyncClient:
 
 
 # Built once: json.dumps builds a new encoder per call when given options.
-_STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+_STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
-def _check_json(payload: dict[str, Any], where: str) -> None:
-    """Raise BananasError unless ``payload`` is strict JSON that every reader can handle."""
+def _check_json(payload: dict[str, Any], where: str, max_bytes: int) -> None:
+    """Raise BananasError unless ``payload`` is strict JSON that every reader can handle.
+
+    Raises PayloadTooLarge when its JSON is over ``max_bytes`` (MAX_PAYLOAD_BYTES).
+    """
     if _depth(payload, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
         raise BananasError(
             f"invalid payload of {where}: nested more than {MAX_PAYLOAD_DEPTH} levels deep, "
@@ -415,11 +418,17 @@ def _check_json(payload: dict[str, Any], where: str) -> None:
         )
     try:
         # NaN and infinity are not JSON, and a lone surrogate is not UTF-8.
-        _STRICT_JSON.encode(payload).encode("utf-8")
+        size = len(_STRICT_JSON.encode(payload).encode("utf-8"))
     except (TypeError, ValueError) as error:
         found = _find_non_json(payload)
         reason = f"{found[0]} is {found[1]}" if found else str(error)
         raise BananasError(f"invalid payload of {where}: {reason}; send plain JSON values") from None
+    if size > max_bytes:
+        raise PayloadTooLarge(
+            f"invalid payload of {where}: {size} bytes as JSON, over MAX_PAYLOAD_BYTES={max_bytes}; "
+            "keep large data elsewhere (a file or an object store) and send its address, "
+            "or raise MAX_PAYLOAD_BYTES"
+        )
 
 
 # The types a payload may hold, and those its keys may have (the json module writes the

@@ -72,5 +72,9 @@ class InvalidPayload(PermanentError):
         self.errors = errors
 
 
+class PayloadTooLarge(BananasError):
+    """Raised when a job's payload, as JSON, is larger than MAX_PAYLOAD_BYTES allows."""
+
+
 class ScheduleNotFound(BananasError):
     """Raised when no periodic schedule has the requested name."""

@@ -29,6 +29,7 @@ _ACCEPTS = {
     "COMPLETED_TTL": DURATION_HELP,
     "DEAD_TTL": DURATION_HELP,
     "MAX_REQUEST_BYTES": "a whole number of bytes, at least 1024",
+    "MAX_PAYLOAD_BYTES": "a whole number of bytes, at least 2",
     "KEY_PREFIX": "a non-empty string without spaces, braces or quotes",
     "QUEUE": "a name of letters, digits, '-', '_' or '.'",
     "PLUGINS": "a comma-separated list of importable module names",
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
     COMPLETED_TTL: Duration = 86400.0
     DEAD_TTL: Duration = 7 * 86400.0
     MAX_REQUEST_BYTES: int = Field(1024 * 1024, ge=1024)
+    # The largest payload one job may carry, as UTF-8 JSON: every record lives in Redis's
+    # memory until it is purged. 2 bytes is the empty object.
+    MAX_PAYLOAD_BYTES: int = Field(1024 * 1024, ge=2)
     KEY_PREFIX: str = Field("bananas", pattern=r"^[^\s{}'\"]+$")
     QUEUE: str = Field("default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     PLUGINS: str = Field("", pattern=r"^[A-Za-z0-9_., ]*$")

@@ -348,6 +348,24 @@ async def test_post_body_over_limit_is_rejected(client: httpx.AsyncClient) -> No
     assert "MAX_REQUEST_BYTES" in error["message"]
 
 
+async def test_payload_over_its_own_limit_is_rejected_and_nothing_is_stored(
+    settings: Settings, backend: Backend, plugins: Plugins
+) -> None:
+    # The body fits MAX_REQUEST_BYTES; the second job's payload does not fit MAX_PAYLOAD_BYTES.
+    app = create_app(settings.model_copy(update={"MAX_PAYLOAD_BYTES": 100}), backend, plugins)
+    jobs = [{"name": "echo", "payload": {"text": "x" * 50}}, {"name": "echo", "payload": {"text": "x" * 100}}]
+
+    async with make_client(app) as http:
+        single = await http.post("/jobs", json=jobs[1])
+        batch = await http.post("/jobs/batch", json={"jobs": jobs})
+
+    error = assert_error(single, 413, "payload_too_large")
+    assert "111 bytes as JSON, over MAX_PAYLOAD_BYTES=100" in error["message"]
+    assert "raise MAX_PAYLOAD_BYTES" in error["message"]
+    assert "payload of job 1: 111 bytes" in assert_error(batch, 413, "payload_too_large")["message"]
+    assert (await backend.counts()).normal == 0
+
+
 async def test_post_chunked_body_over_limit_is_rejected(client: httpx.AsyncClient) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"name": "echo", "payload": {"text": "'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bananas_core.client import JobSpec, SyncClient
-from bananas_core.errors import BananasError, JobConflict, JobNotFound
+from bananas_core.errors import BananasError, JobConflict, JobNotFound, PayloadTooLarge
 from bananas_core.settings import Settings
 
 pytestmark = pytest.mark.redis
@@ -96,3 +96,20 @@ def test_payload_round_trips_exactly(client: SyncClient, payload: dict) -> None:
     stored = client.get_job(job.id)
 
     assert stored.payload == payload
+
+
+def test_payload_up_to_max_payload_bytes_is_stored_and_one_byte_more_is_not(
+    redis_url: str, key_prefix: str
+) -> None:
+    # Sizes count the compact UTF-8 JSON: {"text":"..."} is 11 bytes around the text.
+    settings = Settings(REDIS_URL=redis_url, KEY_PREFIX=key_prefix, PLUGINS="tests.handlers", MAX_PAYLOAD_BYTES=64)
+    with SyncClient(settings) as client:
+        stored = client.submit("echo", {"text": "x" * 53})
+        with pytest.raises(PayloadTooLarge, match="65 bytes as JSON, over MAX_PAYLOAD_BYTES=64"):
+            client.submit("echo", {"text": "x" * 54})
+        with pytest.raises(PayloadTooLarge, match="67 bytes"):
+            client.submit("echo", {"text": "é" * 28})  # 56 bytes of UTF-8 text
+        counts = client.all_counts()
+
+    assert stored.payload == {"text": "x" * 53}
+    assert sum(each.normal for each in counts) == 1
