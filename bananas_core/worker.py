@@ -797,7 +797,14 @@ class Worker:
                 "Worker %s could not %s (failure %d), retrying in %.1fs: %s",
                 self.id, action, failures, delay, error,
             )
-        await anyio.sleep(delay)
+        if self._stopping or self._stop_requested is None:
+            # A stopping worker that still has outcomes to record keeps spacing out its tries.
+            await anyio.sleep(delay)
+            return
+        # A stop ends the wait: after an outage of a few seconds the delay is several seconds
+        # long, and the worker would otherwise sit it out before it stops.
+        with anyio.move_on_after(delay):
+            await self._stop_requested.wait()
 
 
 @dataclass

@@ -283,6 +283,34 @@ async def test_outage_logs_one_line_for_both_lanes(
     assert len(warnings) == 1
 
 
+async def test_stop_ends_a_backoff_after_an_outage(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unreachable(self: RedisBackend, *args: Any) -> Any:
+        raise BackendError("Redis at test failed: ConnectionError: refused")
+
+    monkeypatch.setattr(RedisBackend, "exchange", unreachable)
+    monkeypatch.setattr(RedisBackend, "wait_and_lease", unreachable)
+    settings = make_settings(backend_url, key_prefix)
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    worker = Worker(settings, backend, plugins)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: worker.run(handle_signals=False))
+            # Six failures in a row: the next wait is 3.2 s long.
+            with anyio.fail_after(10):
+                while worker._lane_failures < 6:
+                    await anyio.sleep(0.05)
+            stopped_at = anyio.current_time()
+            worker.stop()
+        stop_seconds = anyio.current_time() - stopped_at
+    finally:
+        await backend.close()
+
+    assert stop_seconds < 1
+
+
 async def test_stopping_worker_starts_no_new_job(backend_url: str, key_prefix: str) -> None:
     settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=2, SHUTDOWN_GRACE=5)
     async with start_system(settings) as system:
