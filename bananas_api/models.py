@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -111,7 +112,8 @@ class JobRequest(BaseModel):
         None,
         description=f"Time to wait before the job may run: {DURATION_HELP}. Omit or 0 to run now.",
     )
-    max_retries: int | None = Field(
+    # Strict, so that true or 2.5 is an error rather than 1 or 2.
+    max_retries: StrictInt | None = Field(
         None,
         ge=0,
         le=100,

@@ -239,6 +239,8 @@ async def test_post_unknown_priority_is_rejected(client: httpx.AsyncClient) -> N
         ("timeout", 0, "greater than 0"),
         ("max_retries", 101, "less than or equal to 100"),
         ("max_retries", -1, "greater than or equal to 0"),
+        ("max_retries", True, "valid integer"),
+        ("max_retries", 2.5, "valid integer"),
         ("name", "", "at least 1 character"),
     ],
 )
