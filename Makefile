@@ -65,5 +65,5 @@ clean: down  ## remove the virtual environment and service logs
 	rm -rf $(VENV) $(RUN_DIR)
 
 .PHONY: bench
-bench: $(STAMP)  ## benchmark bananas against arq, SAQ, RQ, Dramatiq, Celery, Huey and taskiq (about 17 min; BENCH_ARGS=--quick for a short run)
+bench: $(STAMP)  ## benchmark bananas against arq, SAQ, RQ, Dramatiq, Celery, Huey and taskiq (about 19 min; BENCH_ARGS=--quick for a short run)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
