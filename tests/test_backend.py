@@ -487,6 +487,21 @@ async def test_retry_gives_way_to_a_cancel_request(backend: Backend) -> None:
     assert (counts.normal, counts.scheduled, counts.processing, counts.cancelled) == (0, 0, 0, 1)
 
 
+async def test_repeated_retry_of_a_job_cancelled_later_reports_recorded(backend: Backend) -> None:
+    # The retry was recorded, its reply was lost, and a caller cancelled the waiting job.
+    job = make_job()
+    await backend.enqueue(job)
+    [leased] = await backend.claim(1, "w", 30)
+    error = JobError(type="RuntimeError", message="boom").model_dump_json()
+    retry = RunOutcome(leased, "retry", error, 60)
+    await backend.exchange([retry], 0, "w", 30)
+    assert (await backend.cancel_job(job.id))[0] == "cancelled"
+
+    repeated, _ = await backend.exchange([retry], 0, "w", 30)
+
+    assert repeated == [Recorded.recorded]
+
+
 def start_private_redis(directory: Path) -> subprocess.Popen[bytes]:
     """Start a redis-server of this test's own on a Unix socket in ``directory``."""
     server = shutil.which("redis-server")
@@ -602,11 +617,11 @@ async def test_lease_that_leaves_jobs_keeps_a_wakeup_token(backend: RedisBackend
     assert await backend.client.llen(backend.keys.wakeup) == 1
 
 
-async def test_stalled_server_fails_a_call_at_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stalled_server_fails_a_call_at_the_url_socket_timeout(tmp_path: Path) -> None:
     # A stopped server accepts the command into its socket but never replies.
     process = start_private_redis(tmp_path)
-    monkeypatch.setattr("bananas_core.backends.redis.SOCKET_TIMEOUT", 0.3)
-    store = RedisBackend.from_url(f"unix://{tmp_path / 'redis.sock'}", prefix="bananas", queue="default")
+    url = f"unix://{tmp_path / 'redis.sock'}?socket_timeout=0.3"
+    store = RedisBackend.from_url(url, prefix="bananas", queue="default")
     try:
         # Two calls at once leave two idle script connections, one for each call below.
         async with anyio.create_task_group() as group:
@@ -630,3 +645,23 @@ async def test_stalled_server_fails_a_call_at_the_deadline(tmp_path: Path, monke
         await store.close()
         process.terminate()
         process.wait(10)
+
+
+async def test_answered_calls_need_no_health_check_ping(tmp_path: Path) -> None:
+    process = start_private_redis(tmp_path)
+    url = f"unix://{tmp_path / 'redis.sock'}?health_check_interval=1"
+    store = RedisBackend.from_url(url, prefix="bananas", queue="default")
+    try:
+        await store.claim(1, "w", 30)  # a new connection checks its health once
+        await store._round_trip(("CONFIG", "RESETSTAT"))
+        for _ in range(25):
+            await store.claim(1, "w", 30)
+            await anyio.sleep(0.1)
+        stats = await store._round_trip(("INFO", "commandstats"))
+    finally:
+        await store.close()
+        process.terminate()
+        process.wait(10)
+
+    # The script connection answers every 0.1 s, so it is never idle for the 1 s interval.
+    assert "cmdstat_ping" not in stats, stats

@@ -197,7 +197,10 @@ class RedisBackend(Backend):
         self, outcomes: list[RunOutcome], count: int, worker: str, lease: float
     ) -> list[object]:
         encoded = orjson.dumps([
-            (outcome.job.id, outcome.job.token, outcome.kind, outcome.value, round(outcome.retry_delay * 1000))
+            (
+                outcome.job.id, outcome.job.token, outcome.kind, outcome.value,
+                round(outcome.retry_delay * 1000), outcome.job.retries,
+            )
             for outcome in outcomes
         ])
         return [round(lease * 1000), worker, WAKEUP_TOKENS_MAX, self._finished_channel, count, encoded]
@@ -728,8 +731,10 @@ _REDIS_PY_READ_RESPONSE = getattr(aioredis.Connection, "read_response", None)
 async def _read_replies(connection: Any, count: int) -> list[Any]:
     """Read ``count`` replies from a connection of the backend's own, within one deadline.
 
-    An error reply comes back as its ResponseError in its place. Any other error, or no
-    reply within SOCKET_TIMEOUT, closes the connection, which is then out of step.
+    The deadline is the connection's socket timeout: SOCKET_TIMEOUT, or the ``socket_timeout``
+    of REDIS_URL. It covers all the replies of the call, so a blocking command in the call must
+    block for less. An error reply comes back as its ResponseError in its place. Any other
+    error, or no reply within the deadline, closes the connection, which is then out of step.
     """
     # redis-py's read_response starts a timer per reply and formats the server's address
     # for its errors. On an idle worker's pickup, which reads two replies, reading them from
@@ -738,18 +743,24 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
     if parser is None or type(connection).read_response is not _REDIS_PY_READ_RESPONSE:
         # A connection class with a reading of its own, such as fakeredis's.
         return await _read_replies_through_redis_py(connection, count)
+    limit = connection.socket_timeout or SOCKET_TIMEOUT
     replies = []
     try:
-        async with _deadline(SOCKET_TIMEOUT):
+        async with _deadline(limit):
             for _ in range(count):
                 replies.append(await parser.read_response())
     except BaseException as error:
         await connection.disconnect(nowait=True)
-        if isinstance(error, asyncio.TimeoutError):
-            raise RedisTimeoutError(f"no reply from Redis within {SOCKET_TIMEOUT:g}s") from error
+        # The deadline's TimeoutError has no errno; one from the socket (ETIMEDOUT) has.
+        if isinstance(error, asyncio.TimeoutError) and getattr(error, "errno", None) is None:
+            raise RedisTimeoutError(f"no reply from Redis within {limit:g}s") from error
         if isinstance(error, OSError):
             raise RedisConnectionError(f"Error while reading from Redis: {error}") from error
         raise
+    if connection.health_check_interval:
+        # As redis-py's read_response does: a connection that just answered needs no PING
+        # before its next command.
+        connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
     return replies
 
 

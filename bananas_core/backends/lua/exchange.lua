@@ -3,9 +3,9 @@
 -- KEYS: high, normal, low, processing, leases, jobs, wakeup, completed, scheduled, dead,
 --       cancel requests, cancelled
 -- ARGV: lease ms, worker id, wakeup token limit, finished channel, jobs requested, outcomes.
---       The outcomes are one JSON array of [job id, delivery token, kind, value, retry delay ms]
---       arrays. One argument costs the worker less to send than five per outcome, and decoding
---       it costs Redis little. kind 'completed' stores value as the result ('' for none).
+--       The outcomes are one JSON array of [job id, delivery token, kind, value, retry delay ms,
+--       retries when leased] arrays. One argument costs the worker less to send than six per
+--       outcome, and decoding it costs Redis little. kind 'completed' stores value as the result ('' for none).
 --       'retry' and 'dead' store it as the error, and 'retry' runs the job again after the delay.
 -- Returns {one flag per outcome: 1 recorded (now or by an earlier call with the same outcome),
 --          0 stale token (another delivery owns the job), 2 a failed run whose retry gave way
@@ -26,7 +26,7 @@ end
 -- A worker sends its outcomes again when the reply to a call was lost. So an outcome whose
 -- lease is gone may be one this script recorded already. The record then carries this
 -- delivery's token and exactly this result or error.
-local function recorded_before(id, token, kind, value)
+local function recorded_before(id, token, kind, value, retries)
   local ok, job = pcall(cjson.decode, redis.call('HGET', KEYS[6], id) or '')
   if not ok or tostring(job.token) ~= tostring(token) then
     return 0
@@ -41,7 +41,9 @@ local function recorded_before(id, token, kind, value)
     return 0
   end
   if job.status == 'cancelled' then
-    return 2
+    -- Cancelled by this script, which leaves retries as they were; or retried by it, then
+    -- cancelled by a caller while it waited.
+    return (job.retries or 0) == retries and 2 or 1
   end
   return (job.status == 'scheduled' or job.status == 'pending') and 1 or 0
 end
@@ -50,7 +52,7 @@ for _, outcome in ipairs(cjson.decode(ARGV[6])) do
   local id, token, kind, value, delay = outcome[1], outcome[2], outcome[3], outcome[4], outcome[5]
 
   if redis.call('HGET', KEYS[5], id) ~= tostring(token) then
-    recorded[#recorded + 1] = recorded_before(id, token, kind, value)
+    recorded[#recorded + 1] = recorded_before(id, token, kind, value, outcome[6])
   else
     redis.call('ZREM', KEYS[4], id)
     redis.call('HDEL', KEYS[5], id)
