@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from bananas_core.backends.base import Backend, Recorded, RunOutcome, WorkerInfo
 from bananas_core.context import JobContext, job_logger
@@ -43,6 +44,7 @@ T = TypeVar("T")
 EXCHANGE_LANES = 2
 IDLE_WAIT = 1.0  # seconds an idle worker blocks on the wake-up list before it claims again
 CONTROL_INTERVAL = 1.0  # seconds between checks for cancel requests and metric flushes
+REGISTER_RETRY = 1.0  # seconds between tries to register a worker whose registration failed
 BACKOFF_MAX = 10.0  # seconds between attempts to reach an unreachable backend, at most
 
 
@@ -307,6 +309,10 @@ class Worker:
         Either the exchange loop or the idle waiter blocks here, never both: two waits would
         take two wake-up tokens for one job.
         """
+        # The wait below is shielded, and an idle worker starts the next one right after it,
+        # with nothing between that would see a cancellation: a worker cancelled without
+        # stop() would wait on forever.
+        await checkpoint_if_cancelled()
         self._blocked = True
         try:
             # Shielded, because the lease may have run in Redis when a cancellation arrives; a
@@ -692,8 +698,19 @@ class Worker:
     async def _renew_leases(self) -> None:
         interval = self.settings.LEASE_TIMEOUT / 3
         failures = 0
+        renew_at = anyio.current_time() + interval
         while True:
-            await anyio.sleep(interval)
+            if self._register_failures:
+                # Redis was out when the worker last registered: it tries again every second,
+                # so that it shows in the worker list soon after Redis is back, and not only
+                # at the next renewal.
+                await anyio.sleep(min(REGISTER_RETRY, max(renew_at - anyio.current_time(), 0)))
+                if anyio.current_time() < renew_at:
+                    await self._register()
+                    continue
+            else:
+                await anyio.sleep(max(renew_at - anyio.current_time(), 0))
+            renew_at = anyio.current_time() + interval
             await self._register()
             jobs = list(self.running.values())
             try:

@@ -257,19 +257,24 @@ async def test_stop_returns_leased_jobs_in_queue_order(backend_url: str, key_pre
     assert queued[-1] == submitted[-1]
 
 
+def failing_first(method: Any, times: int) -> tuple[Any, list[None]]:
+    """Return a stand-in for a backend method whose first ``times`` calls raise BackendError,
+    and the list that gets one entry per call."""
+    calls: list[None] = []
+
+    async def failing(self: RedisBackend, *args: Any) -> Any:
+        calls.append(None)
+        if len(calls) <= times:
+            raise BackendError(f"Redis at test failed in {method.__name__}: ConnectionError: refused")
+        return await method(self, *args)
+
+    return failing, calls
+
+
 async def test_outage_logs_one_line_for_both_lanes(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    calls = 0
-    exchange = RedisBackend.exchange
-
-    async def failing_exchange(self: RedisBackend, *args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls <= 2:
-            raise BackendError("Redis at test failed in exchange: ConnectionError: refused")
-        return await exchange(self, *args)
-
+    failing_exchange, calls = failing_first(RedisBackend.exchange, 2)
     monkeypatch.setattr(RedisBackend, "exchange", failing_exchange)
     settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=4)
     async with start_system(settings) as system:
@@ -279,7 +284,7 @@ async def test_outage_logs_one_line_for_both_lanes(
             await system.wait_for(submission.job)
 
     warnings = [record for record in caplog.records if "could not record outcomes" in record.getMessage()]
-    assert calls > 2
+    assert len(calls) > 2
     assert len(warnings) == 1
 
 
@@ -309,6 +314,44 @@ async def test_stop_ends_a_backoff_after_an_outage(
         await backend.close()
 
     assert stop_seconds < 1
+
+
+async def test_failed_registration_is_tried_again_within_seconds(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out_at_first, calls = failing_first(RedisBackend.register_worker, 2)
+    monkeypatch.setattr(RedisBackend, "register_worker", out_at_first)
+    # Renewals come every 10 s: the worker must not wait for one to register.
+    async with start_system(make_settings(backend_url, key_prefix, LEASE_TIMEOUT=30)) as system:
+        started = anyio.current_time()
+        # Polled to a limit rather than under fail_after, so that the worker stops normally.
+        while not await system.client.workers() and anyio.current_time() - started < 5:
+            await anyio.sleep(0.05)
+        registered_after = anyio.current_time() - started
+
+    assert len(calls) == 3
+    assert registered_after < 3
+
+
+async def test_idle_worker_cancelled_without_stop_exits(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix)
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    worker = Worker(settings, backend, plugins)
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(lambda: worker.run(handle_signals=False))
+                while not worker._blocked:  # idle, in its wait on the wake-up list
+                    await anyio.sleep(0.02)
+                cancelled_at = anyio.current_time()
+                group.cancel_scope.cancel()
+        exit_seconds = anyio.current_time() - cancelled_at
+    finally:
+        await backend.close()
+
+    # The wait in progress ends within its 1 s timeout, and no new one starts.
+    assert exit_seconds < 3
 
 
 async def test_stopping_worker_starts_no_new_job(backend_url: str, key_prefix: str) -> None:
