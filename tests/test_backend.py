@@ -7,7 +7,8 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import anyio
@@ -299,25 +300,10 @@ async def test_unreachable_redis_raises_backend_error() -> None:
 
 
 @pytest.fixture
-def unix_socket_redis(tmp_path: Path) -> Iterator[str]:
-    """Start a private redis-server on a Unix socket and yield its unix:// URL."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    socket_path = tmp_path / "redis.sock"
-    process = subprocess.Popen(
-        [server, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert time.monotonic() < deadline, "redis-server did not create its socket within 10s"
-            time.sleep(0.02)
-        yield f"unix://{socket_path}"
-    finally:
-        process.terminate()
-        process.wait(10)
+def unix_socket_redis(tmp_path: Path, private_redis: Callable[[], Any]) -> str:
+    """Start a private redis-server on a Unix socket and return its unix:// URL."""
+    private_redis()
+    return f"unix://{tmp_path / 'redis.sock'}"
 
 
 async def test_unix_socket_url_reaches_redis(unix_socket_redis: str) -> None:
@@ -502,33 +488,48 @@ async def test_repeated_retry_of_a_job_cancelled_later_reports_recorded(backend:
     assert repeated == [Recorded.recorded]
 
 
-def start_private_redis(directory: Path) -> subprocess.Popen[bytes]:
-    """Start a redis-server of this test's own on a Unix socket in ``directory``."""
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Return a starter of redis-servers of this test's own, on a Unix socket in ``tmp_path``.
+
+    Every server it started is stopped at teardown, also when the test failed early.
+    """
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed")
-    socket_path = directory / "redis.sock"
-    process = subprocess.Popen(
-        [server, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not socket_path.exists():
-        assert time.monotonic() < deadline, "redis-server did not create its socket within 10s"
-        time.sleep(0.02)
-    return process
+    socket_path = tmp_path / "redis.sock"
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        socket_path.unlink(missing_ok=True)
+        process = subprocess.Popen(
+            [server, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert time.monotonic() < deadline, "redis-server did not create its socket within 10s"
+            time.sleep(0.02)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a stopped server does not act on SIGTERM
+            process.terminate()
+            process.wait(10)
 
 
-async def test_script_after_restart_reconnects(tmp_path: Path) -> None:
+async def test_script_after_restart_reconnects(tmp_path: Path, private_redis: Callable[[], Any]) -> None:
     # The script connection idles while the server restarts, so its socket is closed.
-    process = start_private_redis(tmp_path)
+    process = private_redis()
     store = RedisBackend.from_url(f"unix://{tmp_path / 'redis.sock'}", prefix="bananas", queue="default")
     try:
         await store.enqueue(make_job())
         process.terminate()
         process.wait(10)
-        (tmp_path / "redis.sock").unlink(missing_ok=True)
-        process = start_private_redis(tmp_path)
+        private_redis()
         await anyio.sleep(0.05)  # the event loop receives the old socket's end
 
         job = make_job()
@@ -538,8 +539,6 @@ async def test_script_after_restart_reconnects(tmp_path: Path) -> None:
         assert (await store.get_job(job.id)).status is JobStatus.pending
     finally:
         await store.close()
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.mark.redis
@@ -617,9 +616,11 @@ async def test_lease_that_leaves_jobs_keeps_a_wakeup_token(backend: RedisBackend
     assert await backend.client.llen(backend.keys.wakeup) == 1
 
 
-async def test_stalled_server_fails_a_call_at_the_url_socket_timeout(tmp_path: Path) -> None:
+async def test_stalled_server_fails_a_call_at_the_url_socket_timeout(
+    tmp_path: Path, private_redis: Callable[[], Any]
+) -> None:
     # A stopped server accepts the command into its socket but never replies.
-    process = start_private_redis(tmp_path)
+    process = private_redis()
     url = f"unix://{tmp_path / 'redis.sock'}?socket_timeout=0.3"
     store = RedisBackend.from_url(url, prefix="bananas", queue="default")
     try:
@@ -643,12 +644,10 @@ async def test_stalled_server_fails_a_call_at_the_url_socket_timeout(tmp_path: P
     finally:
         process.send_signal(signal.SIGCONT)
         await store.close()
-        process.terminate()
-        process.wait(10)
 
 
-async def test_answered_calls_need_no_health_check_ping(tmp_path: Path) -> None:
-    process = start_private_redis(tmp_path)
+async def test_answered_calls_need_no_health_check_ping(tmp_path: Path, private_redis: Callable[[], Any]) -> None:
+    private_redis()
     url = f"unix://{tmp_path / 'redis.sock'}?health_check_interval=1"
     store = RedisBackend.from_url(url, prefix="bananas", queue="default")
     try:
@@ -660,8 +659,6 @@ async def test_answered_calls_need_no_health_check_ping(tmp_path: Path) -> None:
         stats = await store._round_trip(("INFO", "commandstats"))
     finally:
         await store.close()
-        process.terminate()
-        process.wait(10)
 
     # The script connection answers every 0.1 s, so it is never idle for the 1 s interval.
     assert "cmdstat_ping" not in stats, stats
