@@ -35,8 +35,8 @@ def release_free_heap() -> bool:
     """Give the heap pages that no allocation uses back to the operating system.
 
     Start-up frees memory it needed only once, such as the files read while importing, but
-    the C allocator keeps the freed pages. glibc's ``malloc_trim`` returns
-    them: an idle worker's RSS fell from 47.8 to 46.5 MiB in the benchmark's environment.
+    the C allocator keeps the freed pages. glibc's ``malloc_trim`` returns them: an idle
+    worker's RSS fell from 47.8 to 46.5 MiB in the benchmark's environment.
     Returns False where the C library has no ``malloc_trim`` (musl, macOS).
     """
     trim = _malloc_trim()

@@ -309,9 +309,8 @@ class Worker:
         Either the exchange loop or the idle waiter blocks here, never both: two waits would
         take two wake-up tokens for one job.
         """
-        # The wait below is shielded, and an idle worker starts the next one right after it,
-        # with nothing between that would see a cancellation: a worker cancelled without
-        # stop() would wait on forever.
+        # The wait below is shielded, and an idle worker starts the next one right after it.
+        # Without this check, a worker cancelled without stop() would never see the cancellation.
         await checkpoint_if_cancelled()
         self._blocked = True
         try:
@@ -700,16 +699,16 @@ class Worker:
         failures = 0
         renew_at = anyio.current_time() + interval
         while True:
+            wait = renew_at - anyio.current_time()
             if self._register_failures:
-                # Redis was out when the worker last registered: it tries again every second,
-                # so that it shows in the worker list soon after Redis is back, and not only
-                # at the next renewal.
-                await anyio.sleep(min(REGISTER_RETRY, max(renew_at - anyio.current_time(), 0)))
-                if anyio.current_time() < renew_at:
-                    await self._register()
-                    continue
-            else:
-                await anyio.sleep(max(renew_at - anyio.current_time(), 0))
+                # A worker whose registration failed tries again every second, so that it is
+                # listed soon after Redis is back rather than at the next renewal.
+                wait = min(wait, REGISTER_RETRY)
+            await anyio.sleep(max(wait, 0))
+            if anyio.current_time() < renew_at:
+                await self._register()
+                continue
+
             renew_at = anyio.current_time() + interval
             await self._register()
             jobs = list(self.running.values())
@@ -818,8 +817,8 @@ class Worker:
             # A stopping worker that still has outcomes to record keeps spacing out its tries.
             await anyio.sleep(delay)
             return
-        # A stop ends the wait: after an outage of a few seconds the delay is several seconds
-        # long, and the worker would otherwise sit it out before it stops.
+        # A stop ends the wait, because after an outage of a few seconds the delay is several
+        # seconds long.
         with anyio.move_on_after(delay):
             await self._stop_requested.wait()
 

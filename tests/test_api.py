@@ -350,10 +350,8 @@ async def test_post_body_over_limit_is_rejected(client: httpx.AsyncClient) -> No
     assert "MAX_REQUEST_BYTES" in error["message"]
 
 
-async def test_payload_over_its_own_limit_is_rejected_and_nothing_is_stored(
-    settings: Settings, backend: Backend, plugins: Plugins
-) -> None:
-    # The body fits MAX_REQUEST_BYTES; the second job's payload does not fit MAX_PAYLOAD_BYTES.
+async def test_oversized_payload_gets_413(settings: Settings, backend: Backend, plugins: Plugins) -> None:
+    # The body fits MAX_REQUEST_BYTES, but the second job's payload does not fit MAX_PAYLOAD_BYTES.
     app = create_app(settings.model_copy(update={"MAX_PAYLOAD_BYTES": 100}), backend, plugins)
     jobs = [{"name": "echo", "payload": {"text": "x" * 50}}, {"name": "echo", "payload": {"text": "x" * 100}}]
 

@@ -473,7 +473,7 @@ async def test_retry_gives_way_to_a_cancel_request(backend: Backend) -> None:
     assert (counts.normal, counts.scheduled, counts.processing, counts.cancelled) == (0, 0, 0, 1)
 
 
-async def test_repeated_retry_of_a_job_cancelled_later_reports_recorded(backend: Backend) -> None:
+async def test_repeat_after_later_cancel_reports_recorded(backend: Backend) -> None:
     # The retry was recorded, its reply was lost, and a caller cancelled the waiting job.
     job = make_job()
     await backend.enqueue(job)
@@ -616,9 +616,7 @@ async def test_lease_that_leaves_jobs_keeps_a_wakeup_token(backend: RedisBackend
     assert await backend.client.llen(backend.keys.wakeup) == 1
 
 
-async def test_stalled_server_fails_a_call_at_the_url_socket_timeout(
-    tmp_path: Path, private_redis: Callable[[], Any]
-) -> None:
+async def test_stalled_server_fails_at_url_timeout(tmp_path: Path, private_redis: Callable[[], Any]) -> None:
     # A stopped server accepts the command into its socket but never replies.
     process = private_redis()
     url = f"unix://{tmp_path / 'redis.sock'}?socket_timeout=0.3"
@@ -646,7 +644,7 @@ async def test_stalled_server_fails_a_call_at_the_url_socket_timeout(
         await store.close()
 
 
-async def test_answered_calls_need_no_health_check_ping(tmp_path: Path, private_redis: Callable[[], Any]) -> None:
+async def test_busy_connection_sends_no_ping(tmp_path: Path, private_redis: Callable[[], Any]) -> None:
     private_redis()
     url = f"unix://{tmp_path / 'redis.sock'}?health_check_interval=1"
     store = RedisBackend.from_url(url, prefix="bananas", queue="default")
@@ -660,5 +658,5 @@ async def test_answered_calls_need_no_health_check_ping(tmp_path: Path, private_
     finally:
         await store.close()
 
-    # The script connection answers every 0.1 s, so it is never idle for the 1 s interval.
+    # The script connection replies every 0.1 s, so it is never idle for the 1 s interval.
     assert "cmdstat_ping" not in stats, stats

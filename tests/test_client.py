@@ -98,9 +98,7 @@ def test_payload_round_trips_exactly(client: SyncClient, payload: dict) -> None:
     assert stored.payload == payload
 
 
-def test_payload_up_to_max_payload_bytes_is_stored_and_one_byte_more_is_not(
-    redis_url: str, key_prefix: str
-) -> None:
+def test_payload_size_limit_boundary(redis_url: str, key_prefix: str) -> None:
     # Sizes count the compact UTF-8 JSON: {"text":"..."} is 11 bytes around the text.
     settings = Settings(REDIS_URL=redis_url, KEY_PREFIX=key_prefix, PLUGINS="tests.handlers", MAX_PAYLOAD_BYTES=64)
     with SyncClient(settings) as client:

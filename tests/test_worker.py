@@ -288,7 +288,7 @@ async def test_outage_logs_one_line_for_both_lanes(
     assert len(warnings) == 1
 
 
-async def test_stop_ends_a_backoff_after_an_outage(
+async def test_stop_ends_backoff(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def unreachable(self: RedisBackend, *args: Any) -> Any:
@@ -316,7 +316,7 @@ async def test_stop_ends_a_backoff_after_an_outage(
     assert stop_seconds < 1
 
 
-async def test_failed_registration_is_tried_again_within_seconds(
+async def test_failed_registration_retried_quickly(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out_at_first, calls = failing_first(RedisBackend.register_worker, 2)
@@ -741,7 +741,7 @@ async def test_worker_registers_and_deregisters(backend_url: str, key_prefix: st
     assert after == []
 
 
-async def test_on_started_runs_after_registration_and_before_any_lease(
+async def test_on_started_runs_before_first_lease(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(backend_url, key_prefix)
@@ -777,7 +777,7 @@ async def test_on_started_runs_after_registration_and_before_any_lease(
     assert steps.count("started") == 1
 
 
-async def test_failed_run_with_a_cancel_request_is_cancelled_not_retried(
+async def test_cancel_request_stops_retry(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The worker checks cancel requests once a minute here, so the run fails

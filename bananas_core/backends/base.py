@@ -75,8 +75,8 @@ class Backend(abc.ABC):
     ) -> tuple[list[Recorded], list[Job]]:
         """Record ``outcomes``, then lease up to ``count`` jobs, as one atomic step.
 
-        Returns what became of each outcome and the leased jobs. A busy worker acknowledges its finished runs and
-        fetches the next ones in one round trip.
+        Returns what became of each outcome and the leased jobs. A busy worker acknowledges
+        its finished runs and fetches the next ones in one round trip.
         """
 
     @abc.abstractmethod

@@ -758,7 +758,7 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
             raise RedisConnectionError(f"Error while reading from Redis: {error}") from error
         raise
     if connection.health_check_interval:
-        # As redis-py's read_response does: a connection that just answered needs no PING
+        # As redis-py's read_response does: a connection that has just replied needs no PING
         # before its next command.
         connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
     return replies

@@ -5,8 +5,9 @@
 -- ARGV: lease ms, worker id, wakeup token limit, finished channel, jobs requested, outcomes.
 --       The outcomes are one JSON array of [job id, delivery token, kind, value, retry delay ms,
 --       retries when leased] arrays. One argument costs the worker less to send than six per
---       outcome, and decoding it costs Redis little. kind 'completed' stores value as the result ('' for none).
---       'retry' and 'dead' store it as the error, and 'retry' runs the job again after the delay.
+--       outcome, and decoding it costs Redis little. kind 'completed' stores value as the
+--       result ('' for none). 'retry' and 'dead' store it as the error, and 'retry' runs the
+--       job again after the delay.
 -- Returns {one flag per outcome: 1 recorded (now or by an earlier call with the same outcome),
 --          0 stale token (another delivery owns the job), 2 a failed run whose retry gave way
 --          to a cancel request, so the job is cancelled; the leased records}.
