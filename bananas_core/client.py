@@ -20,7 +20,7 @@ from anyio.from_thread import start_blocking_portal
 from bananas_core.backends import create_backend
 from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
 from bananas_core.errors import BananasError, JobConflict, PayloadTooLarge
-from bananas_core.job import Job, JobStatus, Priority, new_job, now_ms
+from bananas_core.job import Job, JobStatus, NewJob, Priority, new_job_draft, now_ms
 from bananas_core.plugins import Plugins, load_configured_plugins, notify
 from bananas_core.settings import Settings
 
@@ -132,17 +132,22 @@ class Client:
                 f"invalid batch of {len(specs)} jobs: at most MAX_BATCH_JOBS="
                 f"{self.settings.MAX_BATCH_JOBS} jobs fit in one batch; split it"
             )
-        jobs = [self._build_job(index, spec) for index, spec in enumerate(specs)]
-        queues = sorted({job.queue for job in jobs})
+        drafts = [self._build_job(index, spec) for index, spec in enumerate(specs)]
+        queues = sorted({draft.queue for draft in drafts})
         if len(queues) > 1:
             raise BananasError(
                 f"invalid batch: its jobs name the queues {', '.join(queues)}, but one batch is "
                 "stored atomically in one queue; send one batch per queue"
             )
 
-        stored = await self.backend.submit_jobs(
-            jobs, [spec.unique_key for spec in specs], self.settings.IDEMPOTENCY_WINDOW
-        )
+        unique_keys = [spec.unique_key for spec in specs]
+        if any(key is not None for key in unique_keys):
+            jobs = [draft.to_job() for draft in drafts]
+            stored = await self.backend.submit_jobs(jobs, unique_keys, self.settings.IDEMPOTENCY_WINDOW)
+        else:
+            # Nothing to look up: the backend may send the records before it builds the models.
+            jobs = await self.backend.submit_new_jobs(drafts)
+            stored = [(job, True) for job in jobs]
         submissions = []
         # Both checked once per batch rather than once per job.
         observed = bool(self.plugins.manager.hook.bananas_job_enqueued.get_hookimpls())
@@ -167,7 +172,7 @@ class Client:
             submissions.append(Submission(job, created))
         return submissions
 
-    def _build_job(self, index: int, spec: JobSpec) -> Job:
+    def _build_job(self, index: int, spec: JobSpec) -> NewJob:
         where = f"job {index}" if index else "job"
         if not isinstance(spec.payload, dict):
             raise BananasError(
@@ -209,32 +214,28 @@ class Client:
             raise BananasError(
                 f"invalid delay of {where} {spec.delay!r}: expected 0 to {MAX_DELAY_SECONDS:g} seconds"
             )
-        delay = spec.delay
+        run_at_ms = None
         if spec.run_at is not None:
             if spec.delay:
                 raise BananasError(f"invalid {where}: set delay or run_at, not both")
             run_at = spec.run_at if spec.run_at.tzinfo else spec.run_at.replace(tzinfo=timezone.utc)
-            delay = max(run_at.timestamp() * 1000 - now_ms(), 0) / 1000
-            if delay > MAX_DELAY_SECONDS:
+            # Stored as given, to the millisecond; a time already past runs now.
+            run_at_ms = round(run_at.timestamp() * 1000)
+            if run_at_ms - now_ms() > MAX_DELAY_SECONDS * 1000:
                 raise BananasError(
                     f"invalid run_at of {where} {run_at.isoformat()}: at most "
                     f"{MAX_DELAY_SECONDS / 86400:g} days ahead"
                 )
-        job = new_job(
+        return new_job_draft(
             spec.name,
             spec.payload,
             queue=queue,
             priority=spec.priority or Priority.normal,
-            delay=delay,
+            delay=spec.delay,
+            run_at_ms=run_at_ms,
             max_retries=self.settings.MAX_RETRIES if spec.max_retries is None else spec.max_retries,
             timeout=self.settings.JOB_TIMEOUT if spec.timeout is None else spec.timeout,
         )
-        if job.run_at is not None and spec.run_at is not None:
-            # new_job adds the delay to its own clock reading, which can drift by a millisecond
-            # from the one above, so the requested time is stored as given, to the millisecond.
-            exact_ms = round(run_at.timestamp() * 1000)
-            job.run_at = datetime.fromtimestamp(exact_ms / 1000, timezone.utc)
-        return job
 
     async def get_job(self, job_id: str) -> Job:
         """Return the job with this id. Raises JobNotFound."""
@@ -411,18 +412,20 @@ def _check_json(payload: dict[str, Any], where: str, max_bytes: int) -> None:
 
     Raises PayloadTooLarge when its JSON is over ``max_bytes`` (MAX_PAYLOAD_BYTES).
     """
-    if _depth(payload, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
-        raise BananasError(
-            f"invalid payload of {where}: nested more than {MAX_PAYLOAD_DEPTH} levels deep, "
-            "or it contains itself; flatten it"
-        )
     try:
         # NaN and infinity are not JSON, and a lone surrogate is not UTF-8.
-        size = len(_STRICT_JSON.encode(payload).encode("utf-8"))
-    except (TypeError, ValueError) as error:
+        encoded = _STRICT_JSON.encode(payload)
+        size = len(encoded.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as error:
+        # The encoder fails on a payload that contains itself, or one nested thousands of levels.
+        _check_depth(payload, where)
         found = _find_non_json(payload)
         reason = f"{found[0]} is {found[1]}" if found else str(error)
         raise BananasError(f"invalid payload of {where}: {reason}; send plain JSON values") from None
+    # A payload nested deeper than the limit has more brackets than that in its JSON, so most
+    # payloads skip the walk, which costs more than the encoding.
+    if encoded.count("{") + encoded.count("[") > MAX_PAYLOAD_DEPTH:
+        _check_depth(payload, where)
     if size > max_bytes:
         raise PayloadTooLarge(
             f"invalid payload of {where}: {size} bytes as JSON, over MAX_PAYLOAD_BYTES={max_bytes}; "
@@ -459,6 +462,14 @@ def _find_non_json(payload: dict[str, Any]) -> tuple[str, str] | None:
         elif isinstance(value, (list, tuple)):
             stack.extend((f"{path}[{index}]", item) for index, item in reversed(list(enumerate(value))))
     return None
+
+
+def _check_depth(payload: dict[str, Any], where: str) -> None:
+    if _depth(payload, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
+        raise BananasError(
+            f"invalid payload of {where}: nested more than {MAX_PAYLOAD_DEPTH} levels deep, "
+            "or it contains itself; flatten it"
+        )
 
 
 def _depth(value: Any, limit: int) -> int:

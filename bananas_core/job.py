@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -208,6 +209,92 @@ def from_ms(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job about to be stored for the first time, before it becomes a ``Job``.
+
+    It encodes the record that ``Job.to_record`` would encode for it, without building the
+    model. So a client can send the record first, and build the model while Redis stores it.
+    """
+
+    id: str
+    name: str
+    queue: str
+    payload: dict[str, Any]
+    priority: Priority
+    max_retries: int
+    timeout: float  # seconds one run may take
+    created_ms: int
+    run_at_ms: int  # when the job is due, or 0 when it runs now
+
+    def to_record(self) -> str:
+        """Encode the record of the new job, key for key as ``Job.to_record`` does."""
+        record: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "queue": self.queue,
+            "priority": self.priority.value,
+            "status": "scheduled" if self.run_at_ms else "pending",
+            "attempts": 0,
+            "retries": 0,
+            "crashes": 0,
+            "max_retries": self.max_retries,
+            "timeout_ms": round(self.timeout * 1000),
+            "created_at": self.created_ms,
+            "payload": _encode_payload(self.payload),
+            "token": 0,
+        }
+        if self.run_at_ms:
+            record["run_at"] = self.run_at_ms
+        return orjson.dumps(record).decode()
+
+    def to_job(self) -> Job:
+        """Build the job model: pending, or scheduled when it has a run time."""
+        return Job(
+            id=self.id,
+            name=self.name,
+            queue=self.queue,
+            payload=self.payload,
+            priority=self.priority,
+            status=JobStatus.scheduled if self.run_at_ms else JobStatus.pending,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            created_at=from_ms(self.created_ms),
+            run_at=from_ms(self.run_at_ms) if self.run_at_ms else None,
+        )
+
+
+def new_job_draft(
+    name: str,
+    payload: dict[str, Any],
+    *,
+    queue: str,
+    priority: Priority | str = Priority.normal,
+    delay: float = 0.0,
+    run_at_ms: int | None = None,
+    max_retries: int,
+    timeout: float,
+) -> NewJob:
+    """Describe a job ready to enqueue, with a new id: due now, ``delay`` seconds from now, or
+    at ``run_at_ms`` (ms since the epoch) when that is given and in the future."""
+    created = now_ms()
+    if run_at_ms is None:
+        run_at_ms = created + round(delay * 1000) if delay > 0 else 0
+    elif run_at_ms <= created:
+        run_at_ms = 0
+    return NewJob(
+        id=new_job_id(),
+        name=name,
+        queue=queue,
+        payload=payload,
+        priority=Priority(priority),
+        max_retries=max_retries,
+        timeout=timeout,
+        created_ms=created,
+        run_at_ms=run_at_ms,
+    )
+
+
 def new_job(
     name: str,
     payload: dict[str, Any],
@@ -219,17 +306,7 @@ def new_job(
     timeout: float,
 ) -> Job:
     """Build a job ready to enqueue: pending, or scheduled ``delay`` seconds from now."""
-    created = utc_now()
-    run_at = from_ms(now_ms() + round(delay * 1000)) if delay > 0 else None
-    return Job(
-        id=new_job_id(),
-        name=name,
-        queue=queue,
-        payload=payload,
-        priority=Priority(priority),
-        status=JobStatus.scheduled if run_at else JobStatus.pending,
-        max_retries=max_retries,
+    return new_job_draft(
+        name, payload, queue=queue, priority=priority, delay=delay, max_retries=max_retries,
         timeout=timeout,
-        created_at=created,
-        run_at=run_at,
-    )
+    ).to_job()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from pathlib import Path
@@ -19,7 +20,7 @@ from bananas_core.backends.keys import WAKEUP_TOKENS_MAX
 from bananas_core.backends.memory import memory_backend
 from bananas_core.backends.redis import RedisBackend
 from bananas_core.errors import BackendError, JobNotFound
-from bananas_core.job import Job, JobError, JobStatus, new_job
+from bananas_core.job import Job, JobError, JobStatus, NewJob, new_job, new_job_draft
 from redis.exceptions import ResponseError
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +62,71 @@ async def test_enqueue_same_id_keeps_first(backend: Backend) -> None:
     assert not created
     assert stored.payload == {"version": 1}
     assert (await backend.counts()).normal == 1
+
+
+def make_draft(priority: str = "normal", delay: float = 0.0, **payload: object) -> NewJob:
+    return new_job_draft(
+        "echo", dict(payload), queue="default", priority=priority, delay=delay, max_retries=3, timeout=60
+    )
+
+
+@pytest.mark.parametrize("delay", [0.0, 30.0])
+def test_new_job_record_matches_its_model(delay: float) -> None:
+    draft = make_draft(delay=delay, nested={"a": [1, 2.5, None]}, text="ünïcode")
+
+    job = draft.to_job()
+
+    assert draft.to_record() == job.to_record()
+    assert job.status is (JobStatus.scheduled if delay else JobStatus.pending)
+    assert Job.from_record(draft.to_record()) == job
+
+
+async def test_submit_new_jobs_places_each_job(backend: RedisBackend) -> None:
+    drafts = [make_draft("low", n=1), make_draft("high", n=2), make_draft(delay=60, n=3), make_draft("low", n=4)]
+
+    returned = await backend.submit_new_jobs(drafts)
+
+    assert returned == [draft.to_job() for draft in drafts]
+    assert [await backend.get_job(draft.id) for draft in drafts] == returned
+    assert await backend.client.lrange(backend.keys.low, 0, -1) == [drafts[0].id, drafts[3].id]
+    assert await backend.client.lrange(backend.keys.high, 0, -1) == [drafts[1].id]
+    assert await backend.client.zscore(backend.keys.scheduled, drafts[2].id) == drafts[2].run_at_ms
+    assert await backend.client.llen(backend.keys.wakeup) == 1
+    leased = await backend.claim(10, "w", 30)
+    assert [job.id for job in leased] == [drafts[1].id, drafts[0].id, drafts[3].id]
+
+
+async def test_submit_new_jobs_delayed_pushes_no_wakeup_token(backend: RedisBackend) -> None:
+    await backend.submit_new_jobs([make_draft(delay=60)])
+
+    assert await backend.client.exists(backend.keys.wakeup) == 0
+
+
+@pytest.mark.redis
+async def test_submit_new_jobs_keeps_wakeup_tokens_at_limit(backend: RedisBackend) -> None:
+    for _ in range(WAKEUP_TOKENS_MAX + 6):
+        await backend.submit_new_jobs([make_draft()])
+
+    assert await backend.client.llen(backend.keys.wakeup) == WAKEUP_TOKENS_MAX
+
+
+async def test_submit_new_jobs_reports_a_wrong_key_type(backend: RedisBackend) -> None:
+    await backend.client.set(backend.keys.normal, "not a list")
+
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await backend.submit_new_jobs([make_draft()])
+
+    # The connection that carried the transaction stays in step with the server.
+    assert await backend._round_trip(("ECHO", "next")) == "next"
+
+
+async def test_submit_new_jobs_logs_a_taken_id(backend: RedisBackend, caplog: pytest.LogCaptureFixture) -> None:
+    first = make_draft(n=1)
+    await backend.submit_new_jobs([first])
+
+    await backend.submit_new_jobs([replace(make_draft(n=2), id=first.id)])
+
+    assert "Stored 0 of 1 new jobs in queue default as new" in caplog.text
 
 
 async def test_get_unknown_job_raises(backend: Backend) -> None:

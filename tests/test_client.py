@@ -66,6 +66,28 @@ def test_non_json_payload_error_names_value(client: SyncClient, payload: dict, m
     assert all(counts.normal == 0 for counts in client.all_counts())
 
 
+def _nested(levels: int) -> dict:
+    payload: dict = {}
+    for _ in range(levels - 1):
+        payload = {"n": payload}
+    return payload
+
+
+@pytest.mark.parametrize("levels", [65, 100_000])
+def test_too_deep_payload_is_rejected(client: SyncClient, levels: int) -> None:
+    # 100,000 levels is beyond what the json module can encode.
+    with pytest.raises(BananasError, match="nested more than 64 levels deep"):
+        client.submit("echo", _nested(levels))
+
+    assert all(counts.normal == 0 for counts in client.all_counts())
+
+
+def test_payload_at_depth_limit_is_stored(client: SyncClient) -> None:
+    job = client.submit("echo", _nested(64))
+
+    assert client.get_job(job.id).payload == _nested(64)
+
+
 @pytest.mark.parametrize(
     ("specs", "message"),
     [

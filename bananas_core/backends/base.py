@@ -10,7 +10,7 @@ import abc
 from dataclasses import dataclass
 from enum import IntEnum
 
-from bananas_core.job import Job, JobError, JobStatus
+from bananas_core.job import Job, JobError, JobStatus, NewJob
 
 
 class Recorded(IntEnum):
@@ -164,8 +164,19 @@ class Backend(abc.ABC):
 
         ``unique_keys[i]`` is job i's idempotency key or None. A job whose key was used within
         the last ``window`` seconds is not stored. Returns, for each job, the stored job and
-        True, or the job first submitted with its key and False.
+        True, or the job first submitted with its key (or id) and False.
         """
+
+    async def submit_new_jobs(self, drafts: list[NewJob]) -> list[Job]:
+        """Store new jobs of one queue in one atomic step, and return them as stored.
+
+        Their ids come from ``new_job_id``, so no stored job has one of them, and they have no
+        idempotency keys: nothing needs looking up. A backend may send the records before it
+        builds the models, which a client waits for otherwise.
+        """
+        jobs = [draft.to_job() for draft in drafts]
+        stored = await self.submit_jobs(jobs, [None] * len(jobs), 0.0)
+        return [job for job, _ in stored]
 
     @abc.abstractmethod
     async def list_jobs(
