@@ -173,6 +173,8 @@ class Client:
         return submissions
 
     def _build_job(self, index: int, spec: JobSpec) -> NewJob:
+        # The backend may store a job before it builds its model, so every value the model
+        # would reject is rejected here, before anything is sent.
         where = f"job {index}" if index else "job"
         if not isinstance(spec.payload, dict):
             raise BananasError(
@@ -180,6 +182,7 @@ class Client:
                 f"not {type(spec.payload).__name__}"
             )
         _check_json(spec.payload, where, self.settings.MAX_PAYLOAD_BYTES)
+        _check_types(spec, where)
         # Options the caller left out take the handler's registered defaults first.
         handler = self.plugins.registry.get(spec.name)
         defaults = handler.job_defaults() if handler is not None else {}
@@ -219,7 +222,7 @@ class Client:
             if spec.delay:
                 raise BananasError(f"invalid {where}: set delay or run_at, not both")
             run_at = spec.run_at if spec.run_at.tzinfo else spec.run_at.replace(tzinfo=timezone.utc)
-            # Stored as given, to the millisecond; a time already past runs now.
+            # Stored as given, to the millisecond. A time already past runs now.
             run_at_ms = round(run_at.timestamp() * 1000)
             if run_at_ms - now_ms() > MAX_DELAY_SECONDS * 1000:
                 raise BananasError(
@@ -403,6 +406,30 @@ class SyncClient:
         return self._call(self._client.wait, job_id, timeout)
 
 
+def _check_types(spec: JobSpec, where: str) -> None:
+    """Raise BananasError unless the name and options of ``spec`` have the types a job stores."""
+    if not isinstance(spec.name, str):
+        raise BananasError(f"invalid name of {where} {spec.name!r}: expected a handler name (a string)")
+    for key in spec.payload:
+        if not isinstance(key, str):
+            raise BananasError(
+                f"invalid payload of {where}: its key {key!r} is of type {type(key).__name__}; "
+                "the keys of a payload are strings"
+            )
+    priority = spec.priority
+    if priority is not None and not (isinstance(priority, str) and priority in _PRIORITY_NAMES):
+        raise BananasError(f"invalid priority of {where} {priority!r}: expected high, normal or low")
+    retries = spec.max_retries
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool)):
+        raise BananasError(f"invalid max_retries of {where} {retries!r}: expected a whole number")
+    for option, value in (("timeout", spec.timeout), ("delay", spec.delay)):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise BananasError(f"invalid {option} of {where} {value!r}: expected a number of seconds")
+
+
+# Priority members compare equal to their values, so this matches either.
+_PRIORITY_NAMES = frozenset(priority.value for priority in Priority)
+
 # Built once: json.dumps builds a new encoder per call when given options.
 _STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -479,7 +506,8 @@ def _depth(value: Any, limit: int) -> int:
     """
     # Iterative, so that a very deep payload cannot exhaust the stack here. Only containers
     # go on the stack, so a flat payload costs one pass over its values.
-    if not isinstance(value, (dict, list)):
+    # Tuples count, because the json module writes them as arrays.
+    if not isinstance(value, (dict, list, tuple)):
         return 0
     deepest = 0
     stack = [(value, 1)]
@@ -489,6 +517,6 @@ def _depth(value: Any, limit: int) -> int:
             return level
         deepest = max(deepest, level)
         for item in current.values() if isinstance(current, dict) else current:
-            if isinstance(item, (dict, list)):
+            if isinstance(item, (dict, list, tuple)):
                 stack.append((item, level + 1))
     return deepest

@@ -66,6 +66,69 @@ def test_non_json_payload_error_names_value(client: SyncClient, payload: dict, m
     assert all(counts.normal == 0 for counts in client.all_counts())
 
 
+def _deep_tuple(levels: int) -> tuple:
+    value: tuple = ()
+    for _ in range(levels - 1):
+        value = (value,)
+    return value
+
+
+def _deep_json_array(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def _tuple_cycle() -> dict:
+    items: list = []
+    items.append((items,))
+    return {"items": items}
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_tuple_cycle(), "or it contains itself"),
+        ({"n": _deep_tuple(64)}, "nested more than 64 levels deep"),  # 65 with the payload
+        ({"n": _deep_tuple(5000)}, "nested more than 64 levels deep"),
+    ],
+)
+def test_tuples_count_as_arrays(client: SyncClient, payload: dict, message: str) -> None:
+    with pytest.raises(BananasError, match=message):
+        client.submit("echo", payload)
+
+    assert all(counts.normal == 0 for counts in client.all_counts())
+
+
+def test_nested_tuples_are_stored_as_arrays(client: SyncClient) -> None:
+    job = client.submit("echo", {"n": _deep_tuple(63)})
+
+    assert client.get_job(job.id).payload == {"n": _deep_json_array(63)}
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        (7, {}, "invalid name of job 7: expected a handler name"),
+        ("echo", {"payload": {1: "x"}}, "its key 1 is of type int; the keys of a payload are strings"),
+        ("echo", {"max_retries": 2.5}, "invalid max_retries of job 2.5: expected a whole number"),
+        ("echo", {"max_retries": True}, "invalid max_retries of job True"),
+        ("echo", {"timeout": "30"}, "invalid timeout of job '30': expected a number of seconds"),
+        ("echo", {"delay": True}, "invalid delay of job True"),
+        ("echo", {"priority": "urgent"}, "invalid priority of job 'urgent': expected high, normal or low"),
+        ("echo", {"priority": ["high"]}, "invalid priority of job \\['high'\\]"),
+    ],
+)
+def test_wrong_types_store_nothing(client: SyncClient, name: object, options: dict, message: str) -> None:
+    payload = options.pop("payload", {})
+
+    with pytest.raises(BananasError, match=message):
+        client.submit(name, payload, **options)  # type: ignore[arg-type]
+
+    assert all(counts.normal == 0 and counts.scheduled == 0 for counts in client.all_counts())
+
+
 def _nested(levels: int) -> dict:
     payload: dict = {}
     for _ in range(levels - 1):

@@ -438,24 +438,32 @@ class RedisBackend(Backend):
             commands.append(("ZADD", k.scheduled, *scheduled))
         if queued:
             # One token per call wakes one idle worker, as the submit scripts push. A worker
-            # that leases its full share and sees work left wakes the next one.
+            # that leases its full share and finds work left wakes the next one.
             commands += [("RPUSH", k.wakeup, "1"), ("LTRIM", k.wakeup, -WAKEUP_TOKENS_MAX, -1)]
         commands.append(("EXEC",))
 
         connection = await self._send_all(commands)
         try:
             jobs = [draft.to_job() for draft in drafts]
+        except Exception:
+            # The Client checks every value the model rejects before it sends, so this is a
+            # caller's bug. The jobs are stored and run, but the caller sees an error.
+            logger.exception(
+                "Stored jobs %s in queue %s but could not build their models",
+                ", ".join(draft.id for draft in drafts), queue,
+            )
+            raise
         finally:
             replies = await self._receive_all(connection, len(commands))
-        # Redis queues every command or refuses the whole transaction (EXECABORT). Inside EXEC,
+        # Redis queues every command or rejects the whole transaction (EXECABORT). Inside EXEC,
         # an error reply (a key of the wrong type, set by hand) leaves the other writes made.
         results = replies[-1]
         for reply in [*replies[:-1], *(results if isinstance(results, list) else [results])]:
             if isinstance(reply, Exception):
                 raise reply
         if results[0] != len(drafts):
-            # NOTE: 128 random bits make this unreachable in practice. A job whose id was taken
-            # replaced the stored record, and that id waits in its queue twice.
+            # NOTE: 128 random bits make this unreachable for ids from new_job_id. A job whose
+            # id was taken replaced the stored record, and that id waits in its queue twice.
             logger.error(
                 "Stored %d of %d new jobs in queue %s as new: another job had one of their ids",
                 results[0], len(drafts), queue,
