@@ -226,9 +226,15 @@ def backend_error_response(request: Request, error: BackendError) -> JSONRespons
         error,
     )
     message = (
-        "The job store (Redis) is unreachable or failed, so the request was not completed. "
+        "The job store (Redis) is unreachable or failed, so the request may not have completed. "
         "Retry later. If this persists, check that the server at REDIS_URL is running."
     )
+    if request.method == "POST":
+        # A timeout can hide a write that Redis made: the caller cannot tell, but a key can.
+        message += (
+            " A job may have been stored even so: send a unique_key (or an Idempotency-Key "
+            "header), so that a retried submission cannot store its job twice."
+        )
     return error_response(503, "backend_unavailable", message)
 
 

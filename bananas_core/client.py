@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import json
 import math
 import re
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -19,7 +22,7 @@ from anyio.from_thread import start_blocking_portal
 
 from bananas_core.backends import create_backend
 from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
-from bananas_core.errors import BananasError, JobConflict, PayloadTooLarge
+from bananas_core.errors import BackendError, BananasError, JobConflict, PayloadTooLarge
 from bananas_core.job import Job, JobStatus, NewJob, Priority, new_job_draft, now_ms
 from bananas_core.plugins import Plugins, load_configured_plugins, notify
 from bananas_core.settings import Settings
@@ -141,13 +144,20 @@ class Client:
             )
 
         unique_keys = [spec.unique_key for spec in specs]
-        if any(key is not None for key in unique_keys):
-            jobs = [draft.to_job() for draft in drafts]
-            stored = await self.backend.submit_jobs(jobs, unique_keys, self.settings.IDEMPOTENCY_WINDOW)
-        else:
-            # Nothing to look up: the backend may send the records before it builds the models.
-            jobs = await self.backend.submit_new_jobs(drafts)
-            stored = [(job, True) for job in jobs]
+        try:
+            if any(key is not None for key in unique_keys):
+                jobs = [draft.to_job() for draft in drafts]
+                stored = await self.backend.submit_jobs(jobs, unique_keys, self.settings.IDEMPOTENCY_WINDOW)
+            else:
+                # Nothing to look up: the backend may send the records before it builds the models.
+                jobs = await self.backend.submit_new_jobs(drafts)
+                stored = [(job, True) for job in jobs]
+        except BackendError as error:
+            # A reply that timed out can hide a write that Redis made.
+            raise BackendError(
+                f"{error}; the jobs may have been stored even so: give submissions a unique_key, "
+                "so that a retried one cannot store its jobs twice"
+            ) from error
         submissions = []
         # Both checked once per batch rather than once per job.
         observed = bool(self.plugins.manager.hook.bananas_job_enqueued.get_hookimpls())
@@ -333,6 +343,11 @@ class Client:
         return await self.backend.wait_for_job(job_id, timeout)
 
 
+# NOTE: a private hook of the threading module, present since Python 3.9. Without it the
+# fallback runs too late, after the join, and an unclosed client still hangs the exit.
+_before_thread_join = getattr(threading, "_register_atexit", atexit.register)
+
+
 class SyncClient:
     """``Client`` for synchronous code: each method blocks until the operation is done.
 
@@ -343,7 +358,17 @@ class SyncClient:
     def __init__(self, settings: Settings, **options: Any) -> None:
         self._portal_manager = start_blocking_portal()
         self._portal = self._portal_manager.__enter__()
-        self._client = Client(settings, **options)
+        self._closed = False
+        try:
+            self._client = Client(settings, **options)
+        except BaseException:
+            self._portal_manager.__exit__(None, None, None)
+            raise
+        # At exit the interpreter joins the event loop's thread before it runs atexit handlers,
+        # so a client left open would hang the exit. threading's hook that runs before the join
+        # (the one concurrent.futures uses) closes it first.
+        this = weakref.ref(self)
+        _before_thread_join(lambda: (client := this()) is not None and client.close())
 
     def __enter__(self) -> SyncClient:
         return self
@@ -352,7 +377,10 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
-        """Close the backend's connections and stop the background event loop."""
+        """Close the backend's connections and stop the background event loop; repeats do nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._portal.call(self._client.backend.close)
         finally:
@@ -408,23 +436,56 @@ class SyncClient:
 
 def _check_types(spec: JobSpec, where: str) -> None:
     """Raise BananasError unless the name and options of ``spec`` have the types a job stores."""
-    if not isinstance(spec.name, str):
-        raise BananasError(f"invalid name of {where} {spec.name!r}: expected a handler name (a string)")
+    _check_names(spec, where)
+    _check_options(spec, where)
+
+
+def _check_names(spec: JobSpec, where: str) -> None:
+    if not isinstance(spec.name, str) or not _is_utf8(spec.name):
+        raise BananasError(
+            f"invalid name of {where} {spec.name!r}: expected a handler name (a UTF-8 string)"
+        )
+
+    for option, value in (("queue", spec.queue), ("unique key", spec.unique_key)):
+        if value is not None and not isinstance(value, str):
+            raise BananasError(f"invalid {option} of {where} {value!r}: expected a string")
+
     for key in spec.payload:
         if not isinstance(key, str):
             raise BananasError(
                 f"invalid payload of {where}: its key {key!r} is of type {type(key).__name__}; "
                 "the keys of a payload are strings"
             )
+
+
+def _check_options(spec: JobSpec, where: str) -> None:
+    if spec.run_at is not None and not isinstance(spec.run_at, datetime):
+        raise BananasError(
+            f"invalid run_at of {where} {spec.run_at!r}: expected a datetime, such as "
+            "datetime.fromisoformat('2027-01-01T00:00:00+00:00')"
+        )
+
     priority = spec.priority
     if priority is not None and not (isinstance(priority, str) and priority in _PRIORITY_NAMES):
         raise BananasError(f"invalid priority of {where} {priority!r}: expected high, normal or low")
+
     retries = spec.max_retries
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool)):
         raise BananasError(f"invalid max_retries of {where} {retries!r}: expected a whole number")
-    for option, value in (("timeout", spec.timeout), ("delay", spec.delay)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise BananasError(f"invalid {option} of {where} {value!r}: expected a number of seconds")
+
+    if not isinstance(spec.delay, (int, float)) or isinstance(spec.delay, bool):
+        raise BananasError(f"invalid delay of {where} {spec.delay!r}: expected a number of seconds")
+    timeout = spec.timeout
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
+        raise BananasError(f"invalid timeout of {where} {timeout!r}: expected a number of seconds")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Priority members compare equal to their values, so this matches either.

@@ -512,7 +512,8 @@ async def test_endpoints_without_redis_are_503(
 ) -> None:
     response = await unreachable_client.request(method, path, json=body)
 
-    assert_error(response, 503, "backend_unavailable")
+    error = assert_error(response, 503, "backend_unavailable")
+    assert ("send a unique_key" in error["message"]) is (method == "POST")
 
 
 # Error shape and request ids

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bananas_core.client import JobSpec, SyncClient
-from bananas_core.errors import BananasError, JobConflict, JobNotFound, PayloadTooLarge
+from bananas_core.errors import BackendError, BananasError, JobConflict, JobNotFound, PayloadTooLarge
 from bananas_core.settings import Settings
 
 pytestmark = pytest.mark.redis
@@ -42,6 +47,44 @@ def test_sync_client_raises_core_errors(client: SyncClient) -> None:
         client.retry_dead(job.id)
     with pytest.raises(JobNotFound):
         client.get_job("0" * 32)
+
+
+_UNCLOSED_CLIENT = """
+import sys
+from bananas_core.client import SyncClient
+from bananas_core.settings import Settings
+client = SyncClient(Settings(REDIS_URL=sys.argv[1], KEY_PREFIX=sys.argv[2], PLUGINS="tests.handlers"))
+print(client.submit("echo", {}).id)
+"""
+
+
+def test_unclosed_sync_client_lets_process_exit(redis_url: str, key_prefix: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": str(root)}
+
+    finished = subprocess.run(
+        [sys.executable, "-c", _UNCLOSED_CLIENT, redis_url, key_prefix],
+        env=environment, capture_output=True, text=True, timeout=30,
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    assert len(finished.stdout.strip()) == 32
+
+
+def test_sync_client_close_twice_is_harmless(client: SyncClient) -> None:
+    client.close()
+
+    client.close()
+
+
+def test_failed_submit_suggests_unique_key(key_prefix: str) -> None:
+    settings = Settings(REDIS_URL="redis://127.0.0.1:1/0", KEY_PREFIX=key_prefix, PLUGINS="tests.handlers")
+
+    with SyncClient(settings) as unreachable, pytest.raises(BackendError) as raised:
+        unreachable.submit("echo", {})
+
+    assert "the jobs may have been stored even so" in str(raised.value)
+    assert "give submissions a unique_key" in str(raised.value)
 
 
 def _contains_itself() -> dict:
@@ -118,6 +161,11 @@ def test_nested_tuples_are_stored_as_arrays(client: SyncClient) -> None:
         ("echo", {"delay": True}, "invalid delay of job True"),
         ("echo", {"priority": "urgent"}, "invalid priority of job 'urgent': expected high, normal or low"),
         ("echo", {"priority": ["high"]}, "invalid priority of job \\['high'\\]"),
+        ("ok\ud800", {}, "expected a handler name \\(a UTF-8 string\\)"),
+        ("echo", {"queue": 5}, "invalid queue of job 5: expected a string"),
+        ("echo", {"unique_key": 5}, "invalid unique key of job 5: expected a string"),
+        ("echo", {"run_at": "2027-01-01T00:00:00Z"}, "invalid run_at of job '2027-01-01T00:00:00Z'"),
+        ("echo", {"delay": None}, "invalid delay of job None: expected a number of seconds"),
     ],
 )
 def test_wrong_types_store_nothing(client: SyncClient, name: object, options: dict, message: str) -> None:
