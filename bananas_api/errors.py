@@ -216,6 +216,13 @@ def job_not_found_response(request: Request, error: JobNotFound) -> JSONResponse
     return error_response(404, "not_found", message)
 
 
+# The routes that store jobs, and how a caller gives each job an idempotency key there.
+_SUBMIT_ROUTES = {
+    "/jobs": "a unique_key (or an Idempotency-Key header)",
+    "/jobs/batch": "a unique_key with each job",
+}
+
+
 def backend_error_response(request: Request, error: BackendError) -> JSONResponse:
     """Log a backend failure with the request id, and build the 503 response."""
     logger.warning(
@@ -229,11 +236,12 @@ def backend_error_response(request: Request, error: BackendError) -> JSONRespons
         "The job store (Redis) is unreachable or failed, so the request may not have completed. "
         "Retry later. If this persists, check that the server at REDIS_URL is running."
     )
-    if request.method == "POST":
+    route = getattr(request.scope.get("route"), "path", None)
+    if request.method == "POST" and route in _SUBMIT_ROUTES:
         # A timeout can hide a write that Redis made: the caller cannot tell, but a key can.
         message += (
-            " A job may have been stored even so: send a unique_key (or an Idempotency-Key "
-            "header), so that a retried submission cannot store its job twice."
+            f" A job may have been stored even so: send {_SUBMIT_ROUTES[route]}, so that a "
+            "retried submission cannot store its job twice."
         )
     return error_response(503, "backend_unavailable", message)
 

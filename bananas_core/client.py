@@ -153,10 +153,13 @@ class Client:
                 jobs = await self.backend.submit_new_jobs(drafts)
                 stored = [(job, True) for job in jobs]
         except BackendError as error:
+            if all(unique_keys):
+                raise
             # A reply that timed out can hide a write that Redis made.
             raise BackendError(
-                f"{error}; the jobs may have been stored even so: give submissions a unique_key, "
-                "so that a retried one cannot store its jobs twice"
+                f"{str(error).rstrip('.')}. The jobs may have been stored even so: give each "
+                "submission a unique key (unique_key, or --unique-key on the command line), so "
+                "that a retried one cannot store its job twice"
             ) from error
         submissions = []
         # Both checked once per batch rather than once per job.
@@ -343,9 +346,18 @@ class Client:
         return await self.backend.wait_for_job(job_id, timeout)
 
 
-# NOTE: a private hook of the threading module, present since Python 3.9. Without it the
-# fallback runs too late, after the join, and an unclosed client still hangs the exit.
-_before_thread_join = getattr(threading, "_register_atexit", atexit.register)
+# A SyncClient left open hung the interpreter at exit, in the teardown of its event loop's
+# thread. atexit handlers run before that teardown and after the other threads have ended.
+_open_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_sync_clients() -> None:
+    for client in list(_open_sync_clients):
+        try:
+            client.close()
+        except Exception:
+            logger.exception("Failed to close a SyncClient at exit")
 
 
 class SyncClient:
@@ -359,16 +371,13 @@ class SyncClient:
         self._portal_manager = start_blocking_portal()
         self._portal = self._portal_manager.__enter__()
         self._closed = False
+        self._closing = threading.Lock()
         try:
             self._client = Client(settings, **options)
         except BaseException:
             self._portal_manager.__exit__(None, None, None)
             raise
-        # At exit the interpreter joins the event loop's thread before it runs atexit handlers,
-        # so a client left open would hang the exit. threading's hook that runs before the join
-        # (the one concurrent.futures uses) closes it first.
-        this = weakref.ref(self)
-        _before_thread_join(lambda: (client := this()) is not None and client.close())
+        _open_sync_clients.add(self)
 
     def __enter__(self) -> SyncClient:
         return self
@@ -378,9 +387,11 @@ class SyncClient:
 
     def close(self) -> None:
         """Close the backend's connections and stop the background event loop; repeats do nothing."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        _open_sync_clients.discard(self)
         try:
             self._portal.call(self._client.backend.close)
         finally:

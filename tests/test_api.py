@@ -504,16 +504,25 @@ async def test_healthz_without_redis_is_ok(unreachable_client: httpx.AsyncClient
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [("POST", "/jobs", {"name": "echo"}), ("GET", "/jobs/abc", None), ("GET", "/queues", None)],
+    ("method", "path", "body", "advice"),
+    [
+        ("POST", "/jobs", {"name": "echo"}, "send a unique_key (or an Idempotency-Key header)"),
+        ("POST", "/jobs/batch", {"jobs": [{"name": "echo"}]}, "send a unique_key with each job"),
+        ("POST", "/jobs/abc/cancel", None, None),
+        ("GET", "/jobs/abc", None, None),
+        ("GET", "/queues", None, None),
+    ],
 )
 async def test_endpoints_without_redis_are_503(
-    unreachable_client: httpx.AsyncClient, method: str, path: str, body: object
+    unreachable_client: httpx.AsyncClient, method: str, path: str, body: object, advice: str | None
 ) -> None:
     response = await unreachable_client.request(method, path, json=body)
 
     error = assert_error(response, 503, "backend_unavailable")
-    assert ("send a unique_key" in error["message"]) is (method == "POST")
+    if advice is None:
+        assert "may have been stored" not in error["message"]
+    else:
+        assert advice in error["message"]
 
 
 # Error shape and request ids

@@ -77,14 +77,38 @@ def test_sync_client_close_twice_is_harmless(client: SyncClient) -> None:
     client.close()
 
 
+def test_closed_sync_clients_are_not_kept(redis_url: str, key_prefix: str) -> None:
+    from bananas_core.client import _open_sync_clients
+
+    settings = Settings(REDIS_URL=redis_url, KEY_PREFIX=key_prefix, PLUGINS="tests.handlers")
+    before = len(_open_sync_clients)
+
+    for _ in range(3):
+        SyncClient(settings).close()
+
+    assert len(_open_sync_clients) == before
+
+
 def test_failed_submit_suggests_unique_key(key_prefix: str) -> None:
     settings = Settings(REDIS_URL="redis://127.0.0.1:1/0", KEY_PREFIX=key_prefix, PLUGINS="tests.handlers")
 
     with SyncClient(settings) as unreachable, pytest.raises(BackendError) as raised:
         unreachable.submit("echo", {})
 
-    assert "the jobs may have been stored even so" in str(raised.value)
-    assert "give submissions a unique_key" in str(raised.value)
+    message = str(raised.value)
+    assert "The jobs may have been stored even so" in message
+    assert "unique key (unique_key, or --unique-key on the command line)" in message
+    assert ".." not in message
+    assert ".;" not in message
+
+
+def test_failed_submit_with_unique_key_adds_no_advice(key_prefix: str) -> None:
+    settings = Settings(REDIS_URL="redis://127.0.0.1:1/0", KEY_PREFIX=key_prefix, PLUGINS="tests.handlers")
+
+    with SyncClient(settings) as unreachable, pytest.raises(BackendError) as raised:
+        unreachable.submit("echo", {}, unique_key="order-1")
+
+    assert "may have been stored" not in str(raised.value)
 
 
 def _contains_itself() -> dict:
