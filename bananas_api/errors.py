@@ -238,7 +238,8 @@ def backend_error_response(request: Request, error: BackendError) -> JSONRespons
     )
     route = getattr(request.scope.get("route"), "path", None)
     if request.method == "POST" and route in _SUBMIT_ROUTES:
-        # A timeout can hide a write that Redis made: the caller cannot tell, but a key can.
+        # A timeout can hide a write that Redis made. The caller cannot tell, but with an
+        # idempotency key a retry returns the stored job instead of a second one.
         message += (
             f" A job may have been stored even so: send {_SUBMIT_ROUTES[route]}, so that a "
             "retried submission cannot store its job twice."
