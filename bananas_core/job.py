@@ -275,8 +275,10 @@ def new_job_draft(
     max_retries: int,
     timeout: float,
 ) -> NewJob:
-    """Describe a job ready to enqueue, with a new id: due now, ``delay`` seconds from now, or
-    at ``run_at_ms`` (ms since the epoch) when that is given and in the future."""
+    """Describe a new job with a new id, due now, after ``delay`` seconds, or at ``run_at_ms``.
+
+    ``run_at_ms`` is in milliseconds since the epoch, and a time already past means now.
+    """
     created = now_ms()
     if run_at_ms is None:
         run_at_ms = created + round(delay * 1000) if delay > 0 else 0

@@ -96,21 +96,21 @@ async def test_submit_new_jobs_places_each_job(backend: RedisBackend) -> None:
     assert [job.id for job in leased] == [drafts[1].id, drafts[0].id, drafts[3].id]
 
 
-async def test_submit_new_jobs_delayed_pushes_no_wakeup_token(backend: RedisBackend) -> None:
+async def test_delayed_new_job_pushes_no_token(backend: RedisBackend) -> None:
     await backend.submit_new_jobs([make_draft(delay=60)])
 
     assert await backend.client.exists(backend.keys.wakeup) == 0
 
 
 @pytest.mark.redis
-async def test_submit_new_jobs_keeps_wakeup_tokens_at_limit(backend: RedisBackend) -> None:
+async def test_new_jobs_keep_wakeup_limit(backend: RedisBackend) -> None:
     for _ in range(WAKEUP_TOKENS_MAX + 6):
         await backend.submit_new_jobs([make_draft()])
 
     assert await backend.client.llen(backend.keys.wakeup) == WAKEUP_TOKENS_MAX
 
 
-async def test_submit_new_jobs_reports_a_wrong_key_type(backend: RedisBackend) -> None:
+async def test_new_jobs_wrong_key_type_fails(backend: RedisBackend) -> None:
     await backend.client.set(backend.keys.normal, "not a list")
 
     with pytest.raises(BackendError, match="WRONGTYPE"):
@@ -120,7 +120,7 @@ async def test_submit_new_jobs_reports_a_wrong_key_type(backend: RedisBackend) -
     assert await backend._round_trip(("ECHO", "next")) == "next"
 
 
-async def test_submit_new_jobs_logs_a_taken_id(backend: RedisBackend, caplog: pytest.LogCaptureFixture) -> None:
+async def test_new_job_with_taken_id_logs(backend: RedisBackend, caplog: pytest.LogCaptureFixture) -> None:
     first = make_draft(n=1)
     await backend.submit_new_jobs([first])
 

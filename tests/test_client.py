@@ -102,7 +102,7 @@ def test_failed_submit_suggests_unique_key(key_prefix: str) -> None:
     assert ".;" not in message
 
 
-def test_failed_submit_with_unique_key_adds_no_advice(key_prefix: str) -> None:
+def test_keyed_submit_failure_has_no_advice(key_prefix: str) -> None:
     settings = Settings(REDIS_URL="redis://127.0.0.1:1/0", KEY_PREFIX=key_prefix, PLUGINS="tests.handlers")
 
     with SyncClient(settings) as unreachable, pytest.raises(BackendError) as raised:

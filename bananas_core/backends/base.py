@@ -171,9 +171,9 @@ class Backend(abc.ABC):
         """Store new jobs of one queue in one atomic step, and return them as stored.
 
         Their ids must come from ``new_job_id``, so that no stored job has one of them, and
-        they have no idempotency keys: nothing needs looking up. A backend may store the records
-        before it builds the models, so each draft must build a valid model (``NewJob.to_job``),
-        and a stored job with the same id would be replaced.
+        they have no idempotency keys, so nothing needs looking up. A backend may store the
+        records before it builds the models. So each draft must build a valid model
+        (``NewJob.to_job``), and a stored job with the same id would be replaced.
         """
         jobs = [draft.to_job() for draft in drafts]
         stored = await self.submit_jobs(jobs, [None] * len(jobs), 0.0)

@@ -145,7 +145,7 @@ class RedisBackend(Backend):
         return await self._receive_all(connection, len(commands))
 
     async def _send_all(self, commands: list[tuple[object, ...]]) -> Any:
-        """Send commands in one write on an idle connection; return it for ``_receive_all``."""
+        """Send commands in one write on an idle connection, and return that connection."""
         idle = self._idle_connections
         connection = idle.pop() if idle else self.client.connection_pool.make_connection()
         if connection.is_connected and await _closed_or_dirty(connection):
@@ -462,8 +462,8 @@ class RedisBackend(Backend):
             if isinstance(reply, Exception):
                 raise reply
         if results[0] != len(drafts):
-            # NOTE: 128 random bits make this unreachable for ids from new_job_id. A job whose
-            # id was taken replaced the stored record, and that id waits in its queue twice.
+            # NOTE: 128 random bits make this unreachable for ids from new_job_id. A taken id
+            # means the new record replaced the stored one, and the id now waits in its queue twice.
             logger.error(
                 "Stored %d of %d new jobs in queue %s as new: another job had one of their ids",
                 results[0], len(drafts), queue,
