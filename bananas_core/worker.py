@@ -90,7 +90,8 @@ class Worker:
         self._replies: dict[int, tuple[int, list[Job]]] = {}  # by call number: jobs asked, leased
         self._need_jobs: anyio.Event | None = None  # set when the idle waiter should block
         self._stop_requested: anyio.Event | None = None
-        self._jobs_ready: anyio.Event  # set when leased jobs wait in _ready, then replaced
+        # One event per idle slot, set to wake that slot when a leased job waits in _ready.
+        self._idle_slots: collections.deque[anyio.Event] = collections.deque()
         self._releasing: anyio.Lock  # held while unstarted jobs go back to their queue
         self._jobs_scope: anyio.CancelScope | None = None
         # A thread abandoned at a timeout gives its token back, so the pool stays this size.
@@ -111,7 +112,6 @@ class Worker:
             ", ".join(self.plugins.registry.names()) or "none",
         )
         self._need_jobs = anyio.Event()
-        self._jobs_ready = anyio.Event()
         self._releasing = anyio.Lock()
         self._stop_requested = anyio.Event()
         if self._stopping:
@@ -179,7 +179,7 @@ class Worker:
                         lanes.start_soon(self._exchange_loop)
             finally:
                 self._closing = True
-                self._ready_signal()
+                self._wake_slots()
             # Every slot is idle now, so only the waiter and the grace timer are cancelled.
             work.cancel_scope.cancel()
 
@@ -195,8 +195,10 @@ class Worker:
         self._wake_exchange()
 
     async def _slot(self) -> None:
-        # The leased jobs wait in a deque, and one event per lease wakes the idle slots: a
+        # The leased jobs wait in a deque, and each idle slot waits on an event of its own: a
         # cheaper hand-over than a channel, which costs an event and a checkpoint per job.
+        # A lease wakes one slot per job. One event shared by all slots woke every idle slot
+        # for each job, and all but one of them found nothing to run.
         while True:
             # A stopping worker starts no more jobs: the exchange loop returns the rest.
             while self._ready and not self._stopping:
@@ -208,11 +210,19 @@ class Worker:
                     self._wake_exchange()
             if self._closing:
                 return
-            await self._jobs_ready.wait()
+            woken = anyio.Event()
+            self._idle_slots.append(woken)
+            try:
+                await woken.wait()
+            finally:
+                if not woken.is_set():
+                    # Cancelled while idle: a later wake-up must go to a slot that still waits.
+                    self._idle_slots.remove(woken)
 
-    def _ready_signal(self) -> None:
-        self._jobs_ready.set()
-        self._jobs_ready = anyio.Event()
+    def _wake_slots(self, count: int | None = None) -> None:
+        """Wake ``count`` idle slots, or all of them."""
+        for _ in range(len(self._idle_slots) if count is None else min(count, len(self._idle_slots))):
+            self._idle_slots.popleft().set()
 
     def _wake_exchange(self) -> None:
         for waker in self._wakers:
@@ -344,7 +354,7 @@ class Worker:
             self._ready = collections.deque(sorted([*self._ready, *leased], key=_priority_rank))
         else:
             self._ready.extend(leased)
-        self._ready_signal()
+        self._wake_slots(len(leased))
 
     async def _release_unstarted(self) -> None:
         """Return the leased jobs that no slot has taken to the head of their queue, in order."""

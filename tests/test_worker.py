@@ -681,6 +681,44 @@ async def test_wait_leases_job_arriving_mid_run(
         assert system.worker._busy <= settings.WORKER_CONCURRENCY
 
 
+async def test_lease_wakes_one_idle_slot_per_job(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=4)
+    async with start_system(settings) as system:
+        worker = system.worker
+        with anyio.fail_after(5):
+            while len(worker._idle_slots) < 4:
+                await anyio.sleep(0.01)
+
+        first = await system.client.submit("async_sleep", {"seconds": 0.5})
+        await system.wait_until_started(first)
+        assert len(worker._idle_slots) == 3
+        second = await system.client.submit("async_sleep", {"seconds": 0.5})
+        await system.wait_until_started(second)
+        assert len(worker._idle_slots) == 2
+
+        await system.wait_for(first)
+        await system.wait_for(second)
+
+
+async def test_idle_slot_cancelled_leaves_no_event(backend_url: str, key_prefix: str) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=3)
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    worker = Worker(settings, backend, plugins)
+    try:
+        async with anyio.create_task_group() as slots:
+            for _ in range(3):
+                slots.start_soon(worker._slot)
+            with anyio.fail_after(5):
+                while len(worker._idle_slots) < 3:
+                    await anyio.sleep(0.01)
+            slots.cancel_scope.cancel()
+        # A wake-up sent now would otherwise go to an event that no slot waits on.
+        assert not worker._idle_slots
+    finally:
+        await backend.close()
+
+
 async def test_wrapper_non_json_result_goes_dead(system: System) -> None:
     class SetWrapper:
         @hookimpl
