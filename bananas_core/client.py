@@ -136,7 +136,7 @@ class Client:
                 f"{self.settings.MAX_BATCH_JOBS} jobs fit in one batch; split it"
             )
         drafts = [self._build_job(index, spec) for index, spec in enumerate(specs)]
-        queues = sorted({draft.queue for draft in drafts})
+        queues = sorted({draft.queue for draft in drafts}) if len(drafts) > 1 else []
         if len(queues) > 1:
             raise BananasError(
                 f"invalid batch: its jobs name the queues {', '.join(queues)}, but one batch is "

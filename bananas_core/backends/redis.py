@@ -42,7 +42,7 @@ from bananas_core.backends.keys import (
     workers_key,
 )
 from bananas_core.errors import BackendError, ConfigError, JobConflict, JobNotFound
-from bananas_core.job import Job, JobError, JobStatus, NewJob, now_ms
+from bananas_core.job import Job, JobError, JobStatus, NewJob, Priority, now_ms
 from bananas_core.metrics import RUN_SECONDS_BUCKETS, WAIT_SECONDS_BUCKETS, histogram_fields
 from bananas_core.settings import redact_url
 
@@ -84,6 +84,26 @@ class _Script:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
 
+class _SubmitFrame:
+    """The key names and fixed commands of a queue's submit transaction, built once per queue.
+
+    Before its send, a single submit runs only Python code, and with gaps between submits
+    that code runs cold. Building these once leaves only the records and pushes to pack.
+    """
+
+    def __init__(self, keys: QueueKeys) -> None:
+        self.jobs = keys.jobs
+        self.scheduled = keys.scheduled
+        self.lists = {priority: keys.for_priority(priority) for priority in Priority}
+        self.multi = hiredis.pack_command(("MULTI",))
+        self.exec = hiredis.pack_command(("EXEC",))
+        self.wake_and_exec = b"".join([
+            hiredis.pack_command(("RPUSH", keys.wakeup, "1")),
+            hiredis.pack_command(("LTRIM", keys.wakeup, -WAKEUP_TOKENS_MAX, -1)),
+            self.exec,
+        ])
+
+
 class RedisBackend(Backend):
     """Jobs of one named queue in Redis, under ``{prefix}:{queue}:``."""
 
@@ -101,6 +121,7 @@ class RedisBackend(Backend):
         ]
         self._scripts: dict[str, _Script] = {}  # loaded from the package on first use
         self._idle_connections: list[Any] = []  # for _round_trip; redis-py's pool keeps the rest
+        self._submit_frames: dict[str, _SubmitFrame] = {}  # by queue, once it is in the queue set
 
     def _script(self, name: str) -> _Script:
         script = self._scripts.get(name)
@@ -146,13 +167,17 @@ class RedisBackend(Backend):
 
     async def _send_all(self, commands: list[tuple[object, ...]]) -> Any:
         """Send commands in one write on an idle connection, and return that connection."""
+        connection = await self._idle_connection()
+        packed = [_pack(connection, command) for command in commands]
+        await _send(connection, packed[0] if len(packed) == 1 else b"".join(packed))
+        return connection
+
+    async def _idle_connection(self) -> Any:
         idle = self._idle_connections
         connection = idle.pop() if idle else self.client.connection_pool.make_connection()
         if connection.is_connected and await _closed_or_dirty(connection):
             # The server closed it while idle (a restart, or its idle timeout).
             await connection.disconnect()
-        packed = [_pack(connection, command) for command in commands]
-        await _send(connection, packed[0] if len(packed) == 1 else b"".join(packed))
         return connection
 
     async def _receive_all(self, connection: Any, count: int) -> list[Any]:
@@ -419,9 +444,14 @@ class RedisBackend(Backend):
         """
         if not drafts:
             return []
-        queue = await self._batch_queue(drafts)
+        queue = drafts[0].queue
+        frame = self._submit_frames.get(queue)
+        if frame is None or len(drafts) > 1:
+            # Checks that the jobs share one queue, and adds it to the set of queues in use.
+            await self._batch_queue(drafts)
+            if frame is None:
+                frame = self._submit_frames[queue] = _SubmitFrame(QueueKeys(self.prefix, queue))
 
-        k = QueueKeys(self.prefix, queue)
         records: list[str] = []
         queued: dict[str, list[str]] = {}
         scheduled: list[object] = []
@@ -430,19 +460,18 @@ class RedisBackend(Backend):
             if draft.run_at_ms:
                 scheduled += [draft.run_at_ms, draft.id]
             else:
-                queued.setdefault(k.for_priority(draft.priority), []).append(draft.id)
+                queued.setdefault(frame.lists[draft.priority], []).append(draft.id)
 
-        commands: list[tuple[object, ...]] = [("MULTI",), ("HSET", k.jobs, *records)]
+        commands: list[tuple[object, ...]] = [("HSET", frame.jobs, *records)]
         commands += [("RPUSH", key, *ids) for key, ids in queued.items()]
         if scheduled:
-            commands.append(("ZADD", k.scheduled, *scheduled))
-        if queued:
-            # One token per call wakes one idle worker, as the submit scripts push. A worker
-            # that leases its full share and finds work left wakes the next one.
-            commands += [("RPUSH", k.wakeup, "1"), ("LTRIM", k.wakeup, -WAKEUP_TOKENS_MAX, -1)]
-        commands.append(("EXEC",))
-
-        connection = await self._send_all(commands)
+            commands.append(("ZADD", frame.scheduled, *scheduled))
+        connection = await self._idle_connection()
+        # One token per call wakes one idle worker, as the submit scripts push. A worker that
+        # leases its full share and finds work left wakes the next one.
+        tail = frame.wake_and_exec if queued else frame.exec
+        await _send(connection, b"".join([frame.multi, *[_pack(connection, c) for c in commands], tail]))
+        reply_count = len(commands) + (4 if queued else 2)
         try:
             jobs = [draft.to_job() for draft in drafts]
         except Exception:
@@ -454,7 +483,7 @@ class RedisBackend(Backend):
             )
             raise
         finally:
-            replies = await self._receive_all(connection, len(commands))
+            replies = await self._receive_all(connection, reply_count)
         # Redis queues every command or rejects the whole transaction (EXECABORT). Inside EXEC,
         # an error reply (a key of the wrong type, set by hand) leaves the other writes made.
         results = replies[-1]
@@ -789,7 +818,8 @@ async def _send(connection: Any, data: bytes) -> None:
     if write is None or not connection.is_connected or len(data) >= _UNPAUSED_WRITE:
         await connection.send_packed_command(data)
         return
-    await connection.check_health()
+    if connection.health_check_interval:
+        await connection.check_health()
     try:
         await write([data])
     except OSError as error:
