@@ -119,3 +119,26 @@ def test_smoke_http_figures(results: dict) -> None:
     assert batch["requests"] > 0
     assert batch["errors"] == 0
     assert batch["stored"] == batch["requests"] * batch["jobs_per_request"]
+
+
+def test_pickup_pair_reports_both_sides(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed in CI; the pickup comparison needs it")
+        pytest.skip("redis-server is not installed; the pickup comparison starts its own")
+
+    command = [
+        sys.executable, "-m", "benchmarks.pickup_pair", "--b", str(ROOT), "--jobs", "5",
+        "--output", str(tmp_path),
+    ]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=80)
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    rows = [line for line in completed.stdout.splitlines() if line.startswith(("| a |", "| b |"))]
+    assert len(rows) == 2
+    for row in rows:
+        # side, checkout, jobs, p50, p95, p99
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[2] == "5"
+        assert float(cells[3]) > 0
+    assert "p50 of b minus p50 of a" in completed.stdout
