@@ -30,6 +30,7 @@ from bananas_core.errors import (
     PluginError,
     ScheduleNotFound,
 )
+from bananas_core.durations import DURATION_HELP, parse_duration
 from bananas_core.job import JobStatus
 from bananas_core.plugins import Plugins, add_plugin_commands, load_configured_plugins, log_plugins
 from bananas_core.settings import Settings, load_settings, redact_url
@@ -155,11 +156,15 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("name", help="handler name, as listed by 'bananas plugins'")
     enqueue.add_argument("--payload", default="{}", help="payload as a JSON object (default {})")
     enqueue.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
-    enqueue.add_argument("--delay", type=float, default=0.0, help="seconds before the job is due")
+    enqueue.add_argument(
+        "--delay", type=_parse_duration, default=0.0, help=f"time before the job is due: {DURATION_HELP}"
+    )
     enqueue.add_argument("--queue", help="named queue (default: the QUEUE setting)")
     enqueue.add_argument("--run-at", type=_parse_time, help="ISO 8601 time the job is due, instead of --delay")
     enqueue.add_argument("--max-retries", type=int, help="retries after failed runs (default MAX_RETRIES)")
-    enqueue.add_argument("--timeout", type=float, help="seconds one run may take (default JOB_TIMEOUT)")
+    enqueue.add_argument(
+        "--timeout", type=_parse_duration, help=f"time one run may take (default JOB_TIMEOUT): {DURATION_HELP}"
+    )
     enqueue.add_argument(
         "--unique-key", help="idempotency key: a repeat within IDEMPOTENCY_WINDOW returns the first job"
     )
@@ -394,7 +399,9 @@ def _add_job_commands(commands: Any) -> None:
 
     wait = commands.add_parser("wait", help="wait until a job is completed, dead or cancelled")
     wait.add_argument("job_id")
-    wait.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    wait.add_argument(
+        "--timeout", type=_parse_duration, default=30.0, help=f"time to wait (default 30s): {DURATION_HELP}"
+    )
     wait.add_argument("--json", action="store_true", help=json_help)
     wait.set_defaults(handler=_wait)
 
@@ -426,6 +433,14 @@ def _add_job_commands(commands: Any) -> None:
         change.add_argument("name", help="schedule name, as 'bananas schedules' lists it")
         change.add_argument("--json", action="store_true", help=json_help)
         change.set_defaults(handler=_schedules)
+
+
+def _parse_duration(text: str) -> float:
+    # The API's delay and timeout fields take the same forms, so a value works in both.
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _parse_time(text: str) -> datetime:

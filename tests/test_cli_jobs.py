@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -140,3 +141,22 @@ def test_schedules_list_pause_resume(run: Any, monkeypatch: pytest.MonkeyPatch) 
     assert json.loads(resumed[1])[0]["paused"] is False
     assert missing[0] == EXIT_NOT_FOUND
     assert "schedule 'weekly' not found; known schedules: nightly" in missing[2]
+
+
+def test_enqueue_takes_duration_strings(run: Any) -> None:
+    code, out, _ = run("enqueue", "echo", "--delay", "10m", "--timeout", "1500ms", "--json")
+    job = json.loads(out)
+
+    assert code == 0
+    due = datetime.fromisoformat(job["run_at"]) - datetime.fromisoformat(job["created_at"])
+    assert job["status"] == "scheduled"
+    assert job["timeout"] == 1.5
+    assert due == timedelta(minutes=10)
+
+
+def test_enqueue_rejects_bad_duration(run: Any) -> None:
+    code, _, err = run("enqueue", "echo", "--delay", "5x")
+
+    assert code == EXIT_USAGE
+    assert "invalid duration '5x'" in err
+    assert "30s, 5m" in err
