@@ -191,7 +191,7 @@ class Client:
         where = f"job {index}" if index else "job"
         if not isinstance(spec.payload, dict):
             raise BananasError(
-                f"invalid payload of {where} {spec.payload!r}: expected a JSON object (a dict), "
+                f"invalid payload {spec.payload!r} of {where}: expected a JSON object (a dict), "
                 f"not {type(spec.payload).__name__}"
             )
         _check_json(spec.payload, where, self.settings.MAX_PAYLOAD_BYTES)
@@ -211,24 +211,24 @@ class Client:
         queue = spec.queue or self.settings.QUEUE
         if not QUEUE_PATTERN.match(queue):
             raise BananasError(
-                f"invalid queue of {where} {queue!r}: expected 1 to 64 letters, digits, "
+                f"invalid queue {queue!r} of {where}: expected 1 to 64 letters, digits, "
                 "'-', '_' or '.'"
             )
         if spec.unique_key is not None and not UNIQUE_KEY_PATTERN.match(spec.unique_key):
             raise BananasError(
-                f"invalid unique key of {where} {spec.unique_key!r}: expected 1 to 255 visible "
+                f"invalid unique key {spec.unique_key!r} of {where}: expected 1 to 255 visible "
                 "ASCII characters without spaces"
             )
         if spec.timeout is not None and not MIN_TIMEOUT_SECONDS <= spec.timeout <= MAX_TIMEOUT_SECONDS:
             raise BananasError(
-                f"invalid timeout of {where} {spec.timeout!r}: expected {MIN_TIMEOUT_SECONDS:g} "
+                f"invalid timeout {spec.timeout!r} of {where}: expected {MIN_TIMEOUT_SECONDS:g} "
                 f"to {MAX_TIMEOUT_SECONDS:g} seconds"
             )
         if spec.max_retries is not None and not 0 <= spec.max_retries <= 100:
-            raise BananasError(f"invalid max_retries of {where} {spec.max_retries!r}: expected 0 to 100")
+            raise BananasError(f"invalid max_retries {spec.max_retries!r} of {where}: expected 0 to 100")
         if not 0 <= spec.delay <= MAX_DELAY_SECONDS:
             raise BananasError(
-                f"invalid delay of {where} {spec.delay!r}: expected 0 to {MAX_DELAY_SECONDS:g} seconds"
+                f"invalid delay {spec.delay!r} of {where}: expected 0 to {MAX_DELAY_SECONDS:g} seconds"
             )
         run_at_ms = None
         if spec.run_at is not None:
@@ -239,7 +239,7 @@ class Client:
             run_at_ms = round(run_at.timestamp() * 1000)
             if run_at_ms - now_ms() > MAX_DELAY_SECONDS * 1000:
                 raise BananasError(
-                    f"invalid run_at of {where} {run_at.isoformat()}: at most "
+                    f"invalid run_at {run_at.isoformat()} of {where}: at most "
                     f"{MAX_DELAY_SECONDS / 86400:g} days ahead"
                 )
         return new_job_draft(
@@ -454,12 +454,12 @@ def _check_types(spec: JobSpec, where: str) -> None:
 def _check_names(spec: JobSpec, where: str) -> None:
     if not isinstance(spec.name, str) or not _is_utf8(spec.name):
         raise BananasError(
-            f"invalid name of {where} {spec.name!r}: expected a handler name (a UTF-8 string)"
+            f"invalid name {spec.name!r} of {where}: expected a handler name (a UTF-8 string)"
         )
 
     for option, value in (("queue", spec.queue), ("unique key", spec.unique_key)):
         if value is not None and not isinstance(value, str):
-            raise BananasError(f"invalid {option} of {where} {value!r}: expected a string")
+            raise BananasError(f"invalid {option} {value!r} of {where}: expected a string")
 
     for key in spec.payload:
         if not isinstance(key, str):
@@ -472,23 +472,23 @@ def _check_names(spec: JobSpec, where: str) -> None:
 def _check_options(spec: JobSpec, where: str) -> None:
     if spec.run_at is not None and not isinstance(spec.run_at, datetime):
         raise BananasError(
-            f"invalid run_at of {where} {spec.run_at!r}: expected a datetime, such as "
+            f"invalid run_at {spec.run_at!r} of {where}: expected a datetime, such as "
             "datetime.fromisoformat('2027-01-01T00:00:00+00:00')"
         )
 
     priority = spec.priority
     if priority is not None and not (isinstance(priority, str) and priority in _PRIORITY_NAMES):
-        raise BananasError(f"invalid priority of {where} {priority!r}: expected high, normal or low")
+        raise BananasError(f"invalid priority {priority!r} of {where}: expected high, normal or low")
 
     retries = spec.max_retries
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool)):
-        raise BananasError(f"invalid max_retries of {where} {retries!r}: expected a whole number")
+        raise BananasError(f"invalid max_retries {retries!r} of {where}: expected a whole number")
 
     if not isinstance(spec.delay, (int, float)) or isinstance(spec.delay, bool):
-        raise BananasError(f"invalid delay of {where} {spec.delay!r}: expected a number of seconds")
+        raise BananasError(f"invalid delay {spec.delay!r} of {where}: expected a number of seconds")
     timeout = spec.timeout
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
-        raise BananasError(f"invalid timeout of {where} {timeout!r}: expected a number of seconds")
+        raise BananasError(f"invalid timeout {timeout!r} of {where}: expected a number of seconds")
 
 
 def _is_utf8(text: str) -> bool:
