@@ -8,12 +8,12 @@ the difference between them is the change's.
 
     python -m benchmarks.pickup_pair --a /path/to/main --b . --jobs 800
 
-Each worker runs ``bananas worker`` from its tree in this interpreter's environment, with the
-benchmark job and with the plugins of the development environment blocked, as ``benchmarks.run
---bananas-env harness`` runs it. The producer is this checkout's ``Client``, so the tool compares
-the worker side of the pickup: from the submit's command on the wire to the handler's start.
-Latency is the handler's start time minus the time read just before the submit call, as in
-``benchmarks.run``.
+Each worker runs ``bananas worker`` with the ``bananas_core`` of its tree, in this interpreter's
+environment, with the benchmark job and probe of this checkout and with the plugins of the
+development environment blocked, as ``benchmarks.run --bananas-env harness`` runs it. The tool
+checks in each worker's log which ``bananas_core`` it imported. The producer is this checkout's
+``Client``, so the two sides differ only in the worker's code. Each latency runs, as in
+``benchmarks.run``, from the time read just before the submit call to the handler's start.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -40,9 +41,29 @@ SIDES = ("a", "b")
 # Plugins of the development environment, which would trace and meter every job.
 BLOCKED_PLUGINS = "otel,email,http,data"
 
+# The worker's entry point. It imports the benchmarks package from this checkout first, so that
+# the job and the probe are the same on both sides. Then it puts the tree first on sys.path,
+# ahead of the working folder that python -c puts there, so that bananas_core comes from the tree.
+_WORKER = """
+import sys
+sys.path.insert(0, {root!r})
+import benchmarks
+sys.path[0] = {tree!r}
+import bananas_core
+print("bananas_core from", bananas_core.__file__, flush=True)
+from bananas_core.cli import main
+main(["worker"])
+"""
+_IMPORTED = re.compile(r"^bananas_core from (.+)$", re.MULTILINE)
+
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.jobs < 2:
+        parser.error(f"invalid --jobs {args.jobs}: expected at least 2 jobs a side")
+    if not args.gap > 0:
+        parser.error(f"invalid --gap {args.gap}: expected a number of seconds above 0")
     trees = {"a": args.a.resolve(), "b": args.b.resolve()}
     for side, tree in trees.items():
         if not (tree / "bananas_core" / "worker.py").is_file():
@@ -59,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         for side in SIDES:
             workers.append(_start_worker(side, trees[side], queue_server.url, probe_server.url, log_dir))
         latencies = asyncio.run(_submit(args, queue_server.url, probe_server.url, workers))
+        for side, worker in zip(SIDES, workers):
+            _check_tree(side, trees[side], worker)
     finally:
         for worker in workers:
             worker.stop()
@@ -85,8 +108,6 @@ def _parser() -> argparse.ArgumentParser:
 def _start_worker(side: str, tree: Path, queue_url: str, probe_url: str, log_dir: Path) -> Service:
     env = {
         **os.environ,
-        # The tree comes first, so that its bananas_core wins over the installed one.
-        "PYTHONPATH": os.pathsep.join([str(tree), str(ROOT)]),
         "REDIS_URL": queue_url,
         "QUEUE": f"pair-{side}",
         "PLUGINS": "benchmarks.queues.bananas_app",
@@ -95,8 +116,18 @@ def _start_worker(side: str, tree: Path, queue_url: str, probe_url: str, log_dir
         "LOG_LEVEL": "WARNING",
         PROBE_URL_VARIABLE: probe_url,
     }
-    argv = [sys.executable, "-c", "from bananas_core.cli import main; main(['worker'])"]
+    env.pop("PYTHONPATH", None)
+    argv = [sys.executable, "-c", _WORKER.format(root=str(ROOT), tree=str(tree))]
     return Service(argv, env, ROOT, log_dir / f"worker-{side}.log")
+
+
+def _check_tree(side: str, tree: Path, worker: Service) -> None:
+    """Raise RuntimeError unless the worker of ``side`` imported the bananas_core of ``tree``."""
+    found = _IMPORTED.search(worker.log_path.read_text(errors="replace"))
+    if found is None or not Path(found.group(1)).resolve().is_relative_to(tree):
+        imported = found.group(1) if found else "nothing"
+        raise RuntimeError(f"worker {side} imported bananas_core from {imported}, not from {tree}")
+    print(f"worker {side} ran {found.group(1)}")
 
 
 async def _submit(
@@ -127,8 +158,13 @@ async def _submit(
             submitted[side][number] = started
 
     latencies = {}
-    for side in SIDES:
+    for side, worker in zip(SIDES, workers):
         stamps = wait_for_stamps(probe, f"pair:{side}", args.jobs, timeout=30)
+        if len(stamps) < args.jobs:
+            worker.check_running()
+            raise RuntimeError(
+                f"worker {side} started {len(stamps)} of {args.jobs} jobs within 30 s:\n{tail(worker.log_path)}"
+            )
         latencies[side] = [(stamps[n] - submitted[side][n]) * 1000 for n in sorted(stamps)]
     return latencies
 
@@ -138,17 +174,13 @@ def _report(trees: dict[str, Path], latencies: dict[str, list[float]]) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for side in SIDES:
         values = latencies[side]
-        if len(values) < 2:
-            print(f"| {side} | {trees[side]} | {len(values)} | - | - | - |")
-            continue
         cuts = statistics.quantiles(values, n=100)
         print(
             f"| {side} | {trees[side]} | {len(values)} | {statistics.median(values):.3f} | "
             f"{cuts[94]:.3f} | {cuts[98]:.3f} |"
         )
-    if all(len(latencies[side]) >= 2 for side in SIDES):
-        shift = statistics.median(latencies["b"]) - statistics.median(latencies["a"])
-        print(f"p50 of b minus p50 of a: {shift * 1000:+.0f} us")
+    shift = statistics.median(latencies["b"]) - statistics.median(latencies["a"])
+    print(f"p50 of b minus p50 of a: {shift * 1000:+.0f} us")
 
 
 if __name__ == "__main__":

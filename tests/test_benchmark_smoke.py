@@ -127,13 +127,18 @@ def test_pickup_pair_reports_both_sides(tmp_path: Path) -> None:
             pytest.fail("redis-server is not installed in CI; the pickup comparison needs it")
         pytest.skip("redis-server is not installed; the pickup comparison starts its own")
 
+    # Side b runs a copy, so the check of which bananas_core each worker imported has to pass.
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "bananas_core", tree / "bananas_core")
     command = [
-        sys.executable, "-m", "benchmarks.pickup_pair", "--b", str(ROOT), "--jobs", "5",
-        "--output", str(tmp_path),
+        sys.executable, "-m", "benchmarks.pickup_pair", "--b", str(tree), "--jobs", "5",
+        "--output", str(tmp_path / "logs"),
     ]
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=80)
 
     assert completed.returncode == 0, completed.stderr[-4000:]
+    assert f"worker a ran {ROOT / 'bananas_core'}" in completed.stdout
+    assert f"worker b ran {tree / 'bananas_core'}" in completed.stdout
     rows = [line for line in completed.stdout.splitlines() if line.startswith(("| a |", "| b |"))]
     assert len(rows) == 2
     for row in rows:
