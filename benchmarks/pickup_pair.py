@@ -34,6 +34,7 @@ import redis
 from bananas_core.client import Client
 from bananas_core.settings import load_settings
 from benchmarks.probe import PROBE_URL_VARIABLE, latency_payload, wait_for_stamps
+from benchmarks.run import stop_on_signals
 from benchmarks.servers import RedisServer, Service, tail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"invalid --jobs {args.jobs}: expected at least 2 jobs a side")
     if not args.gap > 0:
         parser.error(f"invalid --gap {args.gap}: expected a number of seconds above 0")
+    stop_on_signals()
     trees = {"a": args.a.resolve(), "b": args.b.resolve()}
     for side, tree in trees.items():
         if not (tree / "bananas_core" / "worker.py").is_file():
@@ -184,4 +186,8 @@ def _report(trees: dict[str, Path], latencies: dict[str, list[float]]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # Every process it started is stopped by now, so a traceback would only add noise.
+        sys.exit(130)
