@@ -23,6 +23,7 @@ import asyncio
 import os
 import random
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -81,10 +82,11 @@ def main(argv: list[str] | None = None) -> None:
         probe_server.start()
         for side in SIDES:
             workers.append(_start_worker(side, trees[side], queue_server.url, probe_server.url, log_dir))
-        latencies = asyncio.run(_submit(args, queue_server.url, probe_server.url, workers))
-        for side, worker in zip(SIDES, workers):
-            _check_tree(side, trees[side], worker)
+        latencies = asyncio.run(_submit(args, trees, queue_server.url, probe_server.url, workers))
     finally:
+        # A second Ctrl-C or SIGTERM during the stops below would leave the rest running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for worker in workers:
             worker.stop()
         queue_server.stop()
@@ -120,7 +122,10 @@ def _start_worker(side: str, tree: Path, queue_url: str, probe_url: str, log_dir
     }
     env.pop("PYTHONPATH", None)
     argv = [sys.executable, "-c", _WORKER.format(root=str(ROOT), tree=str(tree))]
-    return Service(argv, env, ROOT, log_dir / f"worker-{side}.log")
+    log_path = log_dir / f"worker-{side}.log"
+    # Service appends to its log, and the import check must read this run's lines only.
+    log_path.unlink(missing_ok=True)
+    return Service(argv, env, ROOT, log_path)
 
 
 def _check_tree(side: str, tree: Path, worker: Service) -> None:
@@ -133,7 +138,11 @@ def _check_tree(side: str, tree: Path, worker: Service) -> None:
 
 
 async def _submit(
-    args: argparse.Namespace, queue_url: str, probe_url: str, workers: list[Service]
+    args: argparse.Namespace,
+    trees: dict[str, Path],
+    queue_url: str,
+    probe_url: str,
+    workers: list[Service],
 ) -> dict[str, list[float]]:
     """Submit the jobs of both sides in turn and return each side's latencies in ms."""
     probe = redis.Redis.from_url(probe_url)
@@ -147,6 +156,7 @@ async def _submit(
             if not wait_for_stamps(probe, key, 1, timeout=60):
                 worker.check_running()
                 raise RuntimeError(f"worker {side} ran no job within 60 s:\n{tail(worker.log_path)}")
+            _check_tree(side, trees[side], worker)
         await asyncio.sleep(1.0)
 
         gaps = random.Random(1)
