@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from bananas_core.backends.base import QueueCounts, WorkerInfo
+from bananas_core.client import MIN_TIMEOUT_SECONDS
 from bananas_core.durations import DURATION_HELP, parse_duration
 from bananas_core.job import Job, JobError, JobStatus, Priority, utc_now
 from bananas_core.periodic import ScheduleState
@@ -31,7 +32,7 @@ MAX_TIMEOUT_SECONDS = 7 * 86400.0
 QUEUE_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 UNIQUE_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
-_DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
+_DURATION_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"
 
 Delay = Annotated[
     float,
@@ -50,11 +51,11 @@ Delay = Annotated[
 Timeout = Annotated[
     float,
     BeforeValidator(parse_duration),
-    Field(gt=0, le=MAX_TIMEOUT_SECONDS),
+    Field(ge=MIN_TIMEOUT_SECONDS, le=MAX_TIMEOUT_SECONDS),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_SECONDS},
+                {"type": "number", "minimum": MIN_TIMEOUT_SECONDS, "maximum": MAX_TIMEOUT_SECONDS},
                 {"type": "string", "pattern": _DURATION_PATTERN},
             ]
         }

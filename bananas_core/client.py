@@ -135,7 +135,9 @@ class Client:
                 f"invalid batch of {len(specs)} jobs: at most MAX_BATCH_JOBS="
                 f"{self.settings.MAX_BATCH_JOBS} jobs fit in one batch; split it"
             )
-        drafts = [self._build_job(index, spec) for index, spec in enumerate(specs)]
+        # The jobs of a batch are named by their position, job 0 included.
+        where = "job {}" if len(specs) > 1 else "job"
+        drafts = [self._build_job(where.format(index), spec) for index, spec in enumerate(specs)]
         queues = sorted({draft.queue for draft in drafts}) if len(drafts) > 1 else []
         if len(queues) > 1:
             raise BananasError(
@@ -185,10 +187,12 @@ class Client:
             submissions.append(Submission(job, created))
         return submissions
 
-    def _build_job(self, index: int, spec: JobSpec) -> NewJob:
-        # The backend may store a job before it builds its model, so every value the model
-        # would reject is rejected here, before anything is sent.
-        where = f"job {index}" if index else "job"
+    def _build_job(self, where: str, spec: JobSpec) -> NewJob:
+        """Check ``spec`` and return its draft; ``where`` names the job in error messages.
+
+        The backend may store a job before it builds its model, so every value the model would
+        reject is rejected here, before anything is sent.
+        """
         if not isinstance(spec.payload, dict):
             raise BananasError(
                 f"invalid payload {spec.payload!r} of {where}: expected a JSON object (a dict), "
@@ -222,13 +226,14 @@ class Client:
         if spec.timeout is not None and not MIN_TIMEOUT_SECONDS <= spec.timeout <= MAX_TIMEOUT_SECONDS:
             raise BananasError(
                 f"invalid timeout {spec.timeout!r} of {where}: expected {MIN_TIMEOUT_SECONDS:g} "
-                f"to {MAX_TIMEOUT_SECONDS:g} seconds"
+                f"to {MAX_TIMEOUT_SECONDS:,.0f} seconds ({MAX_TIMEOUT_SECONDS / 86400:g} days)"
             )
         if spec.max_retries is not None and not 0 <= spec.max_retries <= 100:
             raise BananasError(f"invalid max_retries {spec.max_retries!r} of {where}: expected 0 to 100")
         if not 0 <= spec.delay <= MAX_DELAY_SECONDS:
             raise BananasError(
-                f"invalid delay {spec.delay!r} of {where}: expected 0 to {MAX_DELAY_SECONDS:g} seconds"
+                f"invalid delay {spec.delay!r} of {where}: expected 0 to {MAX_DELAY_SECONDS:,.0f} "
+                f"seconds ({MAX_DELAY_SECONDS / 86400:g} days)"
             )
         run_at_ms = None
         if spec.run_at is not None:

@@ -6,7 +6,8 @@ import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# The number may start or end with its point (".5", "5."), as Python's float() allows.
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 
 DURATION_HELP = "a number of seconds or a duration such as 500ms, 30s, 5m, 1h or 1d"
 

@@ -230,6 +230,8 @@ def test_payload_at_depth_limit_is_stored(client: SyncClient) -> None:
         ([JobSpec("echo", queue="a"), JobSpec("echo", queue="b")], "one batch per queue"),
         ([JobSpec("echo", payload=[1])], "expected a JSON object"),  # type: ignore[arg-type]
         ([JobSpec("echo", unique_key="has space")], "invalid unique key"),
+        ([JobSpec("echo", timeout=0), JobSpec("echo")], "invalid timeout 0 of job 0: expected"),
+        ([JobSpec("echo"), JobSpec("echo", delay=-1)], "invalid delay -1 of job 1: expected 0 to 31,622,400 seconds"),
     ],
 )
 def test_batch_rules_store_nothing(client: SyncClient, specs: list[JobSpec], message: str) -> None:

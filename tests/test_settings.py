@@ -18,13 +18,16 @@ from bananas_core.settings import load_settings
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30", 30.0), (45, 45.0), ("1.5", 1.5), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("2d", 172800.0)],
+    [
+        ("30", 30.0), (45, 45.0), ("1.5", 1.5), (".5", 0.5), ("5.", 5.0), ("500ms", 0.5), ("30s", 30.0),
+        ("5m", 300.0), (".5m", 30.0), ("1h", 3600.0), ("2d", 172800.0),
+    ],
 )
 def test_duration_forms(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5x", "-3", "m5", "1.2.3", True, "inf"])
+@pytest.mark.parametrize("text", ["", "5x", "-3", "m5", "1.2.3", True, "inf", ".", "ms"])
 def test_invalid_duration_names_value(text: object) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)

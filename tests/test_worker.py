@@ -362,7 +362,7 @@ async def test_stopping_worker_starts_no_new_job(backend_url: str, key_prefix: s
         await anyio.sleep(0.1)  # the queue is empty: a wait blocks on the wake-up list
         # A job that reaches the queue without a wake-up token. The stop ends the wait, and
         # the lease sent behind it takes this job.
-        late = system.client._build_job(0, JobSpec("record", {"tag": "late"}))
+        late = system.client._build_job("job", JobSpec("record", {"tag": "late"}))
         backend = system.client.backend
         assert isinstance(backend, RedisBackend)
         await backend.client.hset(backend.keys.jobs, late.id, late.to_record())
