@@ -138,11 +138,11 @@ class Client:
         # The jobs of a batch are named by their position, job 0 included.
         where = "job {}" if len(specs) > 1 else "job"
         drafts = [self._build_job(where.format(index), spec) for index, spec in enumerate(specs)]
-        queues = sorted({draft.queue for draft in drafts}) if len(drafts) > 1 else []
+        queues = {draft.queue for draft in drafts}
         if len(queues) > 1:
             raise BananasError(
-                f"invalid batch: its jobs name the queues {', '.join(queues)}, but one batch is "
-                "stored atomically in one queue; send one batch per queue"
+                f"invalid batch: its jobs name the queues {', '.join(sorted(queues))}, but one "
+                "batch is stored atomically in one queue; send one batch per queue"
             )
 
         unique_keys = [spec.unique_key for spec in specs]

@@ -92,6 +92,7 @@ class _SubmitFrame:
     """
 
     def __init__(self, keys: QueueKeys) -> None:
+        self.queue = keys.queue
         self.jobs = keys.jobs
         self.scheduled = keys.scheduled
         self.lists = {priority: keys.for_priority(priority) for priority in Priority}
@@ -121,7 +122,8 @@ class RedisBackend(Backend):
         ]
         self._scripts: dict[str, _Script] = {}  # loaded from the package on first use
         self._idle_connections: list[Any] = []  # for _round_trip; redis-py's pool keeps the rest
-        self._submit_frames: dict[str, _SubmitFrame] = {}  # by queue, once it is in the queue set
+        # By queue name. A queue gets its frame when it is first added to the set of queues in use.
+        self._submit_frames: dict[str, _SubmitFrame] = {}
 
     def _script(self, name: str) -> _Script:
         script = self._scripts.get(name)
@@ -388,19 +390,19 @@ class RedisBackend(Backend):
 
     # Operations of the API, the client and the CLI.
 
-    async def _remember_queue(self, queue: str) -> None:
-        known: set[str] = self.__dict__.setdefault("_known_queues", set())
-        if queue not in known:
-            await self.client.sadd(queues_key(self.prefix), queue)
-            known.add(queue)
+    async def _batch_frame(self, batch: list[Job] | list[NewJob]) -> _SubmitFrame:
+        """Return the submit frame of the queue that every job of ``batch`` names.
 
-    async def _batch_queue(self, batch: list[Job] | list[NewJob]) -> str:
-        """Return the queue that every job of ``batch`` names, and remember it as in use."""
+        The first call for a queue adds it to the set of queues in use.
+        """
         queue = batch[0].queue
         if any(job.queue != queue for job in batch):
             raise ValueError("every job of one batch must name the same queue")
-        await self._remember_queue(queue)
-        return queue
+        frame = self._submit_frames.get(queue)
+        if frame is None:
+            await self.client.sadd(queues_key(self.prefix), queue)
+            frame = self._submit_frames[queue] = _SubmitFrame(QueueKeys(self.prefix, queue))
+        return frame
 
     @_translate_errors
     async def submit_jobs(
@@ -408,7 +410,7 @@ class RedisBackend(Backend):
     ) -> list[tuple[Job, bool]]:
         if not jobs:
             return []
-        queue = await self._batch_queue(jobs)
+        queue = (await self._batch_frame(jobs)).queue
 
         k = QueueKeys(self.prefix, queue)
         if len(jobs) == 1:
@@ -444,13 +446,8 @@ class RedisBackend(Backend):
         """
         if not drafts:
             return []
-        queue = drafts[0].queue
-        frame = self._submit_frames.get(queue)
-        if frame is None or len(drafts) > 1:
-            # Checks that the jobs share one queue, and adds it to the set of queues in use.
-            await self._batch_queue(drafts)
-            if frame is None:
-                frame = self._submit_frames[queue] = _SubmitFrame(QueueKeys(self.prefix, queue))
+        frame = await self._batch_frame(drafts)
+        queue = frame.queue
 
         records: list[str] = []
         queued: dict[str, list[str]] = {}
