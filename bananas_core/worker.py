@@ -68,6 +68,9 @@ class Worker:
         self.running: dict[str, Job] = {}  # leased jobs whose outcome is not recorded yet
         self._busy = 0  # jobs handed to the slots and not finished running
         self._ready: collections.deque[Job] = collections.deque()  # leased, not taken by a slot
+        # By job id, for the jobs in _ready: anyio.current_time() when their lease arrived.
+        self._leased_at: dict[str, float] = {}
+        self._leases_renewed_at = float("-inf")  # when the last successful heartbeat was sent
         self._closing = False  # no more jobs come: idle slots return
         self._settling = 0  # slots waiting for their outcome to be recorded, to announce it
         self._settling_sent = 0  # those of them whose outcome is in an exchange call in flight
@@ -204,7 +207,7 @@ class Worker:
             while self._ready and not self._stopping:
                 job = self._ready.popleft()
                 try:
-                    await self._run_job(job)
+                    await self._start_unless_late(job)
                 finally:
                     self._busy -= 1
                     self._wake_exchange()
@@ -218,6 +221,40 @@ class Worker:
                 if not woken.is_set():
                     # Cancelled while idle: a later wake-up must go to a slot that still waits.
                     self._idle_slots.remove(woken)
+
+    async def _start_unless_late(self, job: Job) -> None:
+        """Run a job that waited in ``_ready``, or return it if its lease may have run out.
+
+        A worker that was paused, or cut off from Redis, while the job waited cannot know
+        whether the scheduler gave the job to another worker meanwhile. Half of LEASE_TIMEOUT
+        is the line: a heartbeat renews every lease after a third of it.
+        """
+        renewed_at = max(self._leased_at.pop(job.id), self._leases_renewed_at)
+        waited = anyio.current_time() - renewed_at
+        if waited <= self.settings.LEASE_TIMEOUT / 2:
+            await self._run_job(job)
+            return
+
+        logger.warning(
+            "Returning job %s:%s to its queue instead of running it: %.1fs passed since its "
+            "lease was last renewed, over half of LEASE_TIMEOUT",
+            job.id, job.name, waited,
+        )
+        # The release checks the delivery token, so a job another worker leased stays with it.
+        with anyio.CancelScope(shield=True):
+            await self._release(job)
+
+    def _drop_unstarted(self, job_id: str) -> bool:
+        """Forget a job that waits in ``_ready``. Returns False if no such job waits."""
+        for job in self._ready:
+            if job.id == job_id:
+                self._ready.remove(job)
+                del self._leased_at[job_id]
+                self.running.pop(job_id, None)
+                self._busy -= 1
+                self._wake_exchange()
+                return True
+        return False
 
     def _wake_slots(self, count: int | None = None) -> None:
         """Wake ``count`` idle slots, or all of them."""
@@ -346,8 +383,10 @@ class Worker:
         """Hand leased jobs to the slots."""
         if not leased:
             return
+        now = anyio.current_time()
         for job in leased:
             self.running[job.id] = job
+            self._leased_at[job.id] = now
         self._busy += len(leased)
         if self._ready:
             # Prefetched jobs wait here: a job leased later but of higher priority goes before
@@ -366,6 +405,7 @@ class Worker:
         async with self._releasing:
             while self._ready:
                 job = self._ready.pop()  # the last first, so LPUSH restores the queue's order
+                del self._leased_at[job.id]
                 with anyio.CancelScope(shield=True):
                     await self._release(job)
                 self._busy -= 1
@@ -723,6 +763,7 @@ class Worker:
             renew_at = anyio.current_time() + interval
             await self._register()
             jobs = list(self.running.values())
+            sent_at = anyio.current_time()
             try:
                 lost = await self.backend.heartbeat(jobs, self.settings.LEASE_TIMEOUT)
                 failures = 0
@@ -734,7 +775,15 @@ class Worker:
                         self.id, len(jobs), failures, error,
                     )
                 continue
+            # Every lease that the heartbeat did not report lost now expires LEASE_TIMEOUT after it was sent.
+            self._leases_renewed_at = sent_at
             for job_id in lost:
+                if self._drop_unstarted(job_id):
+                    logger.warning(
+                        "Worker %s lost the lease of job %s before a slot took it; it does not run here",
+                        self.id, job_id,
+                    )
+                    continue
                 scope = self._run_scopes.get(job_id)
                 if scope is None:
                     # The run ended during the heartbeat, and the exchange that recorded its

@@ -355,6 +355,33 @@ async def test_every_key_shares_the_queue_hash_tag(redis_url: str, key_prefix: s
     assert all(key.startswith(f"{key_prefix}:{{reports}}:") for key in queue_keys)
 
 
+@pytest.mark.redis
+async def test_submit_relists_queue_after_data_loss(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitter = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
+    reader = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
+    drafts = [new_job_draft("echo", {"n": n}, queue="reports", max_retries=3, timeout=60) for n in range(2)]
+    try:
+        await submitter.submit_new_jobs([drafts[0]])
+        # Redis lost its data: the set of queues in use is gone with it.
+        await submitter.client.delete(f"{key_prefix}:queues")
+
+        await submitter.submit_new_jobs([drafts[1]])
+        found_by_submitter = await submitter.get_job(drafts[1].id)
+        listed_before_refresh = await reader.queue_names()
+        monkeypatch.setattr("bananas_core.backends.redis.QUEUE_SET_REFRESH", 0.0)
+        await submitter.submit_new_jobs([new_job_draft("echo", {}, queue="reports", max_retries=3, timeout=60)])
+        found_by_reader = await reader.get_job(drafts[1].id)
+    finally:
+        await submitter.close()
+        await reader.close()
+
+    assert found_by_submitter.queue == "reports"
+    assert listed_before_refresh == []
+    assert found_by_reader.id == drafts[1].id
+
+
 async def test_unreachable_redis_raises_backend_error() -> None:
     # Port 1 on loopback has no server, so the connection is refused at once.
     store = RedisBackend.from_url("redis://127.0.0.1:1/0", prefix="bananas-unreachable", queue="default")

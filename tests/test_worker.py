@@ -564,6 +564,49 @@ async def test_heartbeat_ignores_lease_of_ended_run(
     assert "lost the lease" not in caplog.text
 
 
+@pytest.mark.parametrize("heartbeat_returns", [False, True], ids=["cut-off", "heartbeat-returns"])
+async def test_expired_prefetched_job_does_not_run(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, heartbeat_returns: bool,
+) -> None:
+    settings = make_settings(
+        backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=1, LEASE_TIMEOUT=1
+    )
+    tag = f"late-{uuid.uuid4().hex}"
+    async with start_system(settings) as system:
+        worker = system.worker
+        heartbeat = worker.backend.heartbeat
+        cut_off = True
+
+        async def heartbeat_of_cut_off_worker(jobs: list[Job], lease: float) -> list[str]:
+            # As if the worker were paused or could not reach Redis: its leases run out.
+            if cut_off:
+                raise BackendError("cut off from Redis on purpose")
+            return await heartbeat(jobs, lease)
+
+        monkeypatch.setattr(worker.backend, "heartbeat", heartbeat_of_cut_off_worker)
+        running = await system.client.submit("async_sleep", {"seconds": 2})
+        await system.wait_until_started(running)
+        late = await system.client.submit("record", {"tag": tag})
+        await system.wait_for(late, {JobStatus.processing})
+
+        # The scheduler returns the expired lease to the queue, and another worker takes it.
+        await system.wait_for(late, {JobStatus.pending})
+        claimed = await worker.backend.claim(10, "other-worker", 30)
+        cut_off = not heartbeat_returns
+        with anyio.fail_after(5):
+            while running.id in worker._run_scopes or worker._ready:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.2)
+
+    assert late.id in [job.id for job in claimed]
+    assert tag not in RECORDED
+    if heartbeat_returns:
+        assert f"lost the lease of job {late.id} before a slot took it" in caplog.text
+    else:
+        assert f"Returning job {late.id}:record to its queue" in caplog.text
+
+
 async def test_observers_see_final_job_state(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("bananas_core.retry.BACKOFF_BASE", 0.05)
     seen: list[tuple[str, Job]] = []

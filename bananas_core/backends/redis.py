@@ -6,10 +6,11 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
-import sys
-from urllib.parse import urlsplit
 import json
 import logging
+import sys
+import time
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
@@ -52,6 +53,9 @@ T = TypeVar("T")
 
 SOCKET_TIMEOUT = 10.0  # seconds to connect or to wait for a reply before a command fails
 INTERRUPT_TTL = 60.0  # seconds an interrupt token waits for its worker
+# Seconds between a submitting process's additions of its queue to the set of queues in use. A
+# Redis that lost its data learns the queue again from the next submit after this time.
+QUEUE_SET_REFRESH = 10.0
 
 
 def _translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -93,6 +97,7 @@ class _SubmitFrame:
 
     def __init__(self, keys: QueueKeys) -> None:
         self.queue = keys.queue
+        self.listed_at = float("-inf")  # time.monotonic() of the last addition to the queue set
         self.jobs = keys.jobs
         self.scheduled = keys.scheduled
         self.lists = {priority: keys.for_priority(priority) for priority in Priority}
@@ -357,7 +362,7 @@ class RedisBackend(Backend):
         record = await self.client.hget(self.keys.jobs, job_id)
         if record is None:
             # The job may belong to another named queue under the same prefix.
-            for queue in sorted(await self.client.smembers(queues_key(self.prefix))):
+            for queue in await self.queue_names():
                 if queue != self.queue:
                     record = await self.client.hget(QueueKeys(self.prefix, queue).jobs, job_id)
                     if record is not None:
@@ -393,15 +398,19 @@ class RedisBackend(Backend):
     async def _batch_frame(self, batch: list[Job] | list[NewJob]) -> _SubmitFrame:
         """Return the submit frame of the queue that every job of ``batch`` names.
 
-        The first call for a queue adds it to the set of queues in use.
+        The first call for a queue adds it to the set of queues in use, and so does a call
+        QUEUE_SET_REFRESH or more after that: the set may be gone with the rest of the data.
         """
         queue = batch[0].queue
         if any(job.queue != queue for job in batch):
             raise ValueError("every job of one batch must name the same queue")
         frame = self._submit_frames.get(queue)
         if frame is None:
-            await self.client.sadd(queues_key(self.prefix), queue)
             frame = self._submit_frames[queue] = _SubmitFrame(QueueKeys(self.prefix, queue))
+        now = time.monotonic()
+        if now - frame.listed_at >= QUEUE_SET_REFRESH:
+            await self.client.sadd(queues_key(self.prefix), queue)
+            frame.listed_at = now
         return frame
 
     @_translate_errors
@@ -551,7 +560,10 @@ class RedisBackend(Backend):
 
     @_translate_errors
     async def queue_names(self) -> list[str]:
-        return sorted(await self.client.smembers(queues_key(self.prefix)))
+        # The queues this process submitted to count too: after a loss of data, the set lacks
+        # them until their next submit after QUEUE_SET_REFRESH.
+        listed = await self.client.smembers(queues_key(self.prefix))
+        return sorted({*listed, *self._submit_frames})
 
     @_translate_errors
     async def queue_counts(self, queue: str) -> QueueCounts:
