@@ -147,3 +147,19 @@ def test_pickup_pair_reports_both_sides(tmp_path: Path) -> None:
         assert cells[2] == "5"
         assert float(cells[3]) > 0
     assert "p50 of b minus p50 of a" in completed.stdout
+
+
+def test_script_cost_lists_the_lease(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed in CI; the script cost tool needs it")
+        pytest.skip("redis-server is not installed; the script cost tool starts its own")
+
+    command = [sys.executable, "-m", "benchmarks.script_cost", "--jobs", "3", "--gap", "0.001"]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    rows = [line.split() for line in completed.stdout.splitlines()]
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert [row[2] for row in rows if row[:2] == ["EVALSHA", "lease"]] == ["1.00", "1.00"]
+    assert [row[1] for row in rows if row[:1] == ["BRPOP"]] == ["1.00", "1.00"]
+    assert completed.stdout.count("from the submit to the lease, per job") == 4
