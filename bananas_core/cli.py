@@ -44,6 +44,12 @@ EXIT_NOT_FOUND = 4  # no job has the requested id
 EXIT_BACKEND = 5  # the backend (Redis) is unreachable
 EXIT_CONFLICT = 6  # the job's state does not allow the operation, such as cancelling a finished job
 
+# Commands that print a result and exit. Unless LOG_LEVEL is set, they log warnings and errors
+# only, so that the lines about their steps do not bury the result.
+ONE_SHOT_COMMANDS = frozenset(
+    {"enqueue", "status", "plugins", "list", "queues", "workers", "cancel", "wait", "dead", "schedules"}
+)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run the command line and exit with its status."""
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bananas: {error}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
-    _configure_logging(settings.LOG_LEVEL)
+    quiet = args.command in ONE_SHOT_COMMANDS and "LOG_LEVEL" not in os.environ
+    _configure_logging("WARNING" if quiet else settings.LOG_LEVEL)
     try:
         if load_error is not None:
             raise load_error

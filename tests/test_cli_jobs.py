@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +46,26 @@ def test_enqueue_with_options_then_list(run: Any) -> None:
     assert again.strip() == job["id"]
     assert code_list == 0
     assert [each["id"] for each in json.loads(listing)["jobs"]] == [job["id"]]
+
+
+@pytest.mark.parametrize("log_level", [None, "INFO"])
+def test_enqueue_logs_steps_only_on_request(redis_url: str, key_prefix: str, log_level: str | None) -> None:
+    environment = {**os.environ, "REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "PLUGINS": "tests.handlers"}
+    environment.pop("LOG_LEVEL", None)
+    if log_level is not None:
+        environment["LOG_LEVEL"] = log_level
+
+    completed = subprocess.run(
+        [sys.executable, "-c", "from bananas_core.cli import main; main()", "enqueue", "echo"],
+        env=environment, capture_output=True, text=True, timeout=60,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert len(completed.stdout.strip()) == 32
+    if log_level is None:
+        assert completed.stderr == ""
+    else:
+        assert "INFO bananas_core.client: Enqueued job" in completed.stderr
 
 
 def test_cancel_then_cancel_again_conflicts(run: Any) -> None:
