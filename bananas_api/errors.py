@@ -7,6 +7,7 @@ a stable snake_case string for programs, ``message`` a sentence for people.
 from __future__ import annotations
 
 import logging
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -114,7 +115,13 @@ def install_error_handlers(app: FastAPI, accepted_fields: list[str]) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error_response)  # type: ignore[arg-type]
     app.add_exception_handler(JobNotFound, job_not_found_response)  # type: ignore[arg-type]
     app.add_exception_handler(UnknownHandler, unknown_handler_response)  # type: ignore[arg-type]
-    app.add_exception_handler(BackendError, backend_error_response)  # type: ignore[arg-type]
+    outage_log = OutageLog()
+
+    async def on_backend_error(request: Request, error: BackendError) -> JSONResponse:
+        outage_log.failed(request, error)
+        return backend_error_response(request, error)
+
+    app.add_exception_handler(BackendError, on_backend_error)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, api_error_response)  # type: ignore[arg-type]
     app.add_exception_handler(JobConflict, job_conflict_response)  # type: ignore[arg-type]
 
@@ -223,15 +230,43 @@ _SUBMIT_ROUTES = {
 }
 
 
+class OutageLog:
+    """A log of requests that failed because the backend is unavailable: a warning per interval, not per request.
+
+    During an outage every request fails, and a line for each would flood the log. The first
+    failure of an interval is logged at WARNING with its request id, and the others at DEBUG.
+    The WARNING line of the next interval counts the failures that the previous one left out.
+    NOTE: the failures after the last WARNING line of an outage are counted at DEBUG only.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._logged_at = float("-inf")  # time.monotonic() of the last WARNING line
+        self._left_out = 0  # failures since then, logged at DEBUG only
+
+    def failed(self, request: Request, error: BackendError) -> None:
+        """Log the failure of ``request``."""
+        line = "Request %s %s %s failed because the backend is unavailable: %s"
+        details = (current_request_id(), request.method, request.url.path, error)
+        now = time.monotonic()
+        if now - self._logged_at < self.interval:
+            self._left_out += 1
+            logger.debug(line, *details)
+            return
+
+        if self._left_out:
+            logger.warning(
+                "%d more requests failed because the backend was unavailable in the %.0fs before "
+                "this line (logged at DEBUG)",
+                self._left_out, now - self._logged_at,
+            )
+        self._logged_at = now
+        self._left_out = 0
+        logger.warning(line, *details)
+
+
 def backend_error_response(request: Request, error: BackendError) -> JSONResponse:
-    """Log a backend failure with the request id, and build the 503 response."""
-    logger.warning(
-        "Request %s %s %s failed because the backend is unavailable: %s",
-        current_request_id(),
-        request.method,
-        request.url.path,
-        error,
-    )
+    """Build the 503 response to a request that failed because the backend is unavailable."""
     message = (
         "The job store (Redis) is unreachable or failed, so the request may not have completed. "
         "Retry later. If this persists, check that the server at REDIS_URL is running."

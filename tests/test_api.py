@@ -484,6 +484,24 @@ async def test_readyz_without_redis_is_503(
     assert error["request_id"] in caplog.text
 
 
+async def test_outage_logs_one_warning_per_interval(
+    unreachable_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("bananas_api.errors.time.monotonic", lambda: clock[0])
+    caplog.set_level(logging.WARNING, logger="bananas_api.errors")
+
+    for _ in range(3):
+        await unreachable_client.get("/readyz")
+    clock[0] += 10
+    last = await unreachable_client.get("/readyz")
+
+    warnings = [record.getMessage() for record in caplog.records if record.name == "bananas_api.errors"]
+    assert len(warnings) == 3
+    assert warnings[1].startswith("2 more requests failed because the backend was unavailable in the 10s")
+    assert last.headers["X-Request-ID"] in warnings[2]
+
+
 async def test_readyz_times_out_as_503(
     client: httpx.AsyncClient, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
