@@ -46,6 +46,17 @@ IDLE_WAIT = 1.0  # seconds an idle worker blocks on the wake-up list before it c
 CONTROL_INTERVAL = 1.0  # seconds between checks for cancel requests and metric flushes
 REGISTER_RETRY = 1.0  # seconds between tries to register a worker whose registration failed
 BACKOFF_MAX = 10.0  # seconds between attempts to reach an unreachable backend, at most
+# Unlike time.monotonic(), CLOCK_BOOTTIME goes on while the machine is suspended, as the Redis
+# server's clock does, so lease ages measured with it include a suspend.
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+
+def _lease_clock() -> float:
+    """Return seconds from a fixed point, for measuring how old a lease is."""
+    if _BOOT_CLOCK is None:
+        return time.monotonic()
+    return time.clock_gettime(_BOOT_CLOCK)
 
 
 class Worker:
@@ -68,9 +79,12 @@ class Worker:
         self.running: dict[str, Job] = {}  # leased jobs whose outcome is not recorded yet
         self._busy = 0  # jobs handed to the slots and not finished running
         self._ready: collections.deque[Job] = collections.deque()  # leased, not taken by a slot
-        # By job id, for the jobs in _ready: anyio.current_time() when their lease arrived.
+        # By job id, for the jobs in _ready: a _lease_clock() time from before their lease, or
+        # from before the last heartbeat that renewed it.
         self._leased_at: dict[str, float] = {}
-        self._leases_renewed_at = float("-inf")  # when the last successful heartbeat was sent
+        # A call that leases jobs failed, so Redis may hold leases of this worker's that it
+        # does not know: the call may have run and lost only its reply.
+        self._leases_unknown = False
         self._closing = False  # no more jobs come: idle slots return
         self._settling = 0  # slots waiting for their outcome to be recorded, to announce it
         self._settling_sent = 0  # those of them whose outcome is in an exchange call in flight
@@ -90,7 +104,8 @@ class Worker:
         self._leasing = 0  # jobs requested by exchange calls in flight, not dispatched yet
         self._calls_sent = 0  # exchange calls sent, numbered from 0
         self._calls_dispatched = 0  # exchange calls whose jobs went to the slots, in order
-        self._replies: dict[int, tuple[int, list[Job]]] = {}  # by call number: jobs asked, leased
+        # By call number: jobs requested, jobs leased, and _lease_clock() when the call was sent.
+        self._replies: dict[int, tuple[int, list[Job], float]] = {}
         self._need_jobs: anyio.Event | None = None  # set when the idle waiter should block
         self._stop_requested: anyio.Event | None = None
         # One event per idle slot, set to wake that slot when a leased job waits in _ready.
@@ -207,7 +222,7 @@ class Worker:
             while self._ready and not self._stopping:
                 job = self._ready.popleft()
                 try:
-                    await self._start_unless_late(job)
+                    await self._start_if_leased(job)
                 finally:
                     self._busy -= 1
                     self._wake_exchange()
@@ -222,39 +237,55 @@ class Worker:
                     # Cancelled while idle: a later wake-up must go to a slot that still waits.
                     self._idle_slots.remove(woken)
 
-    async def _start_unless_late(self, job: Job) -> None:
-        """Run a job that waited in ``_ready``, or return it if its lease may have run out.
+    async def _start_if_leased(self, job: Job) -> None:
+        """Run a job that waited in ``_ready``, unless its lease was lost meanwhile.
 
-        A worker that was paused, or cut off from Redis, while the job waited cannot know
-        whether the scheduler gave the job to another worker meanwhile. Half of LEASE_TIMEOUT
-        is the line: a heartbeat renews every lease after a third of it.
+        A heartbeat renews every lease after a third of LEASE_TIMEOUT. A job whose lease was
+        last renewed more than half of LEASE_TIMEOUT ago waited while the worker was paused,
+        suspended or cut off from Redis, and the scheduler may have given it to another worker.
+        Such a job's lease is renewed first, which checks its delivery token.
         """
-        renewed_at = max(self._leased_at.pop(job.id), self._leases_renewed_at)
-        waited = anyio.current_time() - renewed_at
-        if waited <= self.settings.LEASE_TIMEOUT / 2:
-            await self._run_job(job)
-            return
+        waited = _lease_clock() - self._leased_at.pop(job.id)
+        if waited > self.settings.LEASE_TIMEOUT / 2:
+            try:
+                lost = await self.backend.heartbeat([job], self.settings.LEASE_TIMEOUT)
+            except BackendError as error:
+                logger.warning(
+                    "Could not renew the lease of job %s:%s, which waited %.1fs since its last "
+                    "renewal, so it is returned to its queue instead of run: %s",
+                    job.id, job.name, waited, error,
+                )
+                # The release retries until Redis responds, and checks the delivery token.
+                with anyio.CancelScope(shield=True):
+                    await self._release(job)
+                return
+            if lost:
+                logger.warning(
+                    "Worker %s lost the lease of job %s before a slot took it; it does not run here",
+                    self.id, job.id,
+                )
+                self._forget(job)
+                return
 
-        logger.warning(
-            "Returning job %s:%s to its queue instead of running it: %.1fs passed since its "
-            "lease was last renewed, over half of LEASE_TIMEOUT",
-            job.id, job.name, waited,
-        )
-        # The release checks the delivery token, so a job another worker leased stays with it.
-        with anyio.CancelScope(shield=True):
-            await self._release(job)
+        await self._run_job(job)
 
-    def _drop_unstarted(self, job_id: str) -> bool:
-        """Forget a job that waits in ``_ready``. Returns False if no such job waits."""
-        for job in self._ready:
-            if job.id == job_id:
-                self._ready.remove(job)
-                del self._leased_at[job_id]
-                self.running.pop(job_id, None)
-                self._busy -= 1
-                self._wake_exchange()
-                return True
-        return False
+    def _drop_unstarted(self, job_ids: set[str]) -> list[Job]:
+        """Remove the jobs with these ids from ``_ready``, and return them."""
+        dropped = [job for job in self._ready if job.id in job_ids]
+        if not dropped:
+            return []
+        self._ready = collections.deque(job for job in self._ready if job.id not in job_ids)
+        for job in dropped:
+            del self._leased_at[job.id]
+            self._forget(job)
+        self._busy -= len(dropped)
+        self._wake_exchange()
+        return dropped
+
+    def _forget(self, job: Job) -> None:
+        """Remove this delivery of ``job`` from ``running``, but not a newer delivery of it."""
+        if self._holds(job):
+            del self.running[job.id]
 
     def _wake_slots(self, count: int | None = None) -> None:
         """Wake ``count`` idle slots, or all of them."""
@@ -278,6 +309,8 @@ class Worker:
                 self._wakers.discard(wake)
                 wake = anyio.Event()
                 self._wakers.add(wake)
+                if self._leases_unknown and not await self._recover_leases():
+                    continue
                 if self._stopping and not self._leasing:
                     # Jobs that no slot has started go back at once, instead of holding the
                     # worker up for the grace period. Not while a lease is on its way: its jobs
@@ -308,14 +341,16 @@ class Worker:
                 self._calls_sent += 1
                 leased: list[Job] = []
                 failure: BackendError | None = None
+                sent_at = _lease_clock()
                 try:
                     leased = await self._exchange(lease_count)
                 except BackendError as error:
                     failure = error
                 finally:
-                    self._replies[ticket] = (lease_count, leased)
+                    self._replies[ticket] = (lease_count, leased, sent_at)
                     self._dispatch_replies()
                 if failure is not None:
+                    self._leases_unknown = self._leases_unknown or lease_count > 0
                     self._lane_failures += 1
                     await self._backoff("record outcomes and lease jobs", failure, self._lane_failures)
                     continue
@@ -337,10 +372,10 @@ class Worker:
         reply first. A reply that arrives early waits here, still counted in ``_leasing``.
         """
         while self._calls_dispatched in self._replies:
-            count, leased = self._replies.pop(self._calls_dispatched)
+            count, leased, sent_at = self._replies.pop(self._calls_dispatched)
             self._calls_dispatched += 1
             self._leasing -= count
-            self._dispatch(leased)
+            self._dispatch(leased, sent_at)
 
     def _free_slots(self) -> int:
         # A slot waiting to announce its outcome is free once the call that records the outcome
@@ -361,6 +396,7 @@ class Worker:
         # Without this check, a worker cancelled without stop() would never see the cancellation.
         await checkpoint_if_cancelled()
         self._blocked = True
+        sent_at = _lease_clock()
         try:
             # Shielded, because the lease may have run in Redis when a cancellation arrives; a
             # stop ends the wait at once through interrupt_wait.
@@ -370,23 +406,59 @@ class Worker:
                     IDLE_WAIT, free, self.id, self.settings.LEASE_TIMEOUT
                 )
         except BackendError as error:
+            self._leases_unknown = True
+            self._wake_exchange()
             failures += 1
             await self._backoff("wait for jobs", error, failures)
             return failures
         finally:
             self._blocked = False
         self._dry = len(leased) < free
-        self._dispatch(leased)
+        self._dispatch(leased, sent_at)
         return 0
 
-    def _dispatch(self, leased: list[Job]) -> None:
-        """Hand leased jobs to the slots."""
+    async def _recover_leases(self) -> bool:
+        """Run the jobs that failed calls leased to this worker. Returns False if Redis failed again.
+
+        Without this, such jobs would wait for their lease to expire, and count as a crash.
+        """
+        self._leases_unknown = False
+        try:
+            leased = await self.backend.leased_to(self.id)
+            unknown = [job for job in leased if not self._holds(job)]
+            renewed_at = _lease_clock()
+            lost = await self.backend.heartbeat(unknown, self.settings.LEASE_TIMEOUT) if unknown else []
+        except BackendError as error:
+            self._leases_unknown = True
+            self._lane_failures += 1
+            await self._backoff("find the jobs leased by failed calls", error, self._lane_failures)
+            return False
+
+        found = [job for job in unknown if job.id not in lost and not self._holds(job)]
+        if found:
+            logger.warning(
+                "Worker %s found %d jobs leased by calls whose replies were lost, and runs them: %s",
+                self.id, len(found), ", ".join(f"{job.id}:{job.name}" for job in found),
+            )
+            self._dispatch(found, renewed_at)
+        return True
+
+    def _holds(self, job: Job) -> bool:
+        """Return True if this worker already has this delivery of ``job``."""
+        known = self.running.get(job.id)
+        return known is not None and known.token == job.token
+
+    def _dispatch(self, leased: list[Job], leased_at: float) -> None:
+        """Hand leased jobs to the slots. ``leased_at`` is a _lease_clock() time before the lease."""
+        # A job found by _recover_leases may also come in the late reply of a call in flight.
+        leased = [job for job in leased if not self._holds(job)]
         if not leased:
             return
-        now = anyio.current_time()
+        # A job leased again while an older delivery of it waits: the older token is dead.
+        self._drop_unstarted({job.id for job in leased})
         for job in leased:
             self.running[job.id] = job
-            self._leased_at[job.id] = now
+            self._leased_at[job.id] = leased_at
         self._busy += len(leased)
         if self._ready:
             # Prefetched jobs wait here: a job leased later but of higher priority goes before
@@ -434,7 +506,7 @@ class Worker:
         finally:
             self._settling_sent -= announcing
         for entry, was_recorded in zip(finished, recorded):
-            self.running.pop(entry.outcome.job.id, None)
+            self._forget(entry.outcome.job)
             self._settle(entry, was_recorded)
         return leased
 
@@ -460,7 +532,7 @@ class Worker:
                 recordable.append(entry)
                 continue
             job = entry.outcome.job
-            self.running.pop(job.id, None)
+            self._forget(job)
             logger.error(
                 "Could not record the outcome of job %s:%s; its lease will expire and it runs again",
                 job.id, job.name,
@@ -529,7 +601,7 @@ class Worker:
                     job.id, job.name,
                 )
                 self.stats.record(job.queue, job.name, Outcome.lost, None, None)
-                self.running.pop(job.id, None)
+                self._forget(job)
             self._cancel_requested.discard(job.id)
             return
         self._cancel_requested.discard(job.id)
@@ -554,7 +626,7 @@ class Worker:
 
     async def _release(self, job: Job) -> None:
         released = await self._record(job, lambda: self.backend.release(job))
-        self.running.pop(job.id, None)
+        self._forget(job)
         if released:
             logger.info("Returned job %s:%s to the head of its queue", job.id, job.name)
 
@@ -763,7 +835,7 @@ class Worker:
             renew_at = anyio.current_time() + interval
             await self._register()
             jobs = list(self.running.values())
-            sent_at = anyio.current_time()
+            sent_at = _lease_clock()
             try:
                 lost = await self.backend.heartbeat(jobs, self.settings.LEASE_TIMEOUT)
                 failures = 0
@@ -775,15 +847,17 @@ class Worker:
                         self.id, len(jobs), failures, error,
                     )
                 continue
-            # Every lease that the heartbeat did not report lost now expires LEASE_TIMEOUT after it was sent.
-            self._leases_renewed_at = sent_at
+            lost_ids = set(lost)
+            for job in jobs:
+                # A renewed lease expires LEASE_TIMEOUT after the heartbeat was sent.
+                if job.id in self._leased_at and job.id not in lost_ids and self._holds(job):
+                    self._leased_at[job.id] = sent_at
+            for job in self._drop_unstarted(lost_ids):
+                logger.warning(
+                    "Worker %s lost the lease of job %s before a slot took it; it does not run here",
+                    self.id, job.id,
+                )
             for job_id in lost:
-                if self._drop_unstarted(job_id):
-                    logger.warning(
-                        "Worker %s lost the lease of job %s before a slot took it; it does not run here",
-                        self.id, job_id,
-                    )
-                    continue
                 scope = self._run_scopes.get(job_id)
                 if scope is None:
                     # The run ended during the heartbeat, and the exchange that recorded its
@@ -847,7 +921,7 @@ class Worker:
     async def _finish_cancelled(self, job: Job) -> None:
         with anyio.CancelScope(shield=True):
             recorded = await self._record(job, lambda: self.backend.finish_cancelled(job))
-        self.running.pop(job.id, None)
+        self._forget(job)
         if recorded:
             logger.info("Cancelled job %s:%s while it ran", job.id, job.name)
             self.stats.record(job.queue, job.name, Outcome.cancelled, _run_seconds(job), None)

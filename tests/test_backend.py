@@ -361,25 +361,29 @@ async def test_submit_relists_queue_after_data_loss(
 ) -> None:
     submitter = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
     reader = RedisBackend.from_url(redis_url, prefix=key_prefix, queue="default")
-    drafts = [new_job_draft("echo", {"n": n}, queue="reports", max_retries=3, timeout=60) for n in range(2)]
+    draft = new_job_draft("echo", {}, queue="reports", max_retries=3, timeout=60)
+    unique = [new_job("echo", {"n": n}, queue="reports", max_retries=3, timeout=60) for n in range(2)]
     try:
-        await submitter.submit_new_jobs([drafts[0]])
+        await submitter.submit_new_jobs([new_job_draft("echo", {}, queue="reports", max_retries=3, timeout=60)])
+        await submitter.submit_jobs([unique[0]], ["first"], 60)
         # Redis lost its data: the set of queues in use is gone with it.
         await submitter.client.delete(f"{key_prefix}:queues")
 
-        await submitter.submit_new_jobs([drafts[1]])
-        found_by_submitter = await submitter.get_job(drafts[1].id)
-        listed_before_refresh = await reader.queue_names()
+        await submitter.submit_new_jobs([draft])
+        found_after_transaction = await reader.get_job(draft.id)
+        await submitter.client.delete(f"{key_prefix}:queues")
+        await submitter.submit_jobs([unique[1]], ["second"], 60)
+        found_by_submitter = await submitter.get_job(unique[1].id)
         monkeypatch.setattr("bananas_core.backends.redis.QUEUE_SET_REFRESH", 0.0)
-        await submitter.submit_new_jobs([new_job_draft("echo", {}, queue="reports", max_retries=3, timeout=60)])
-        found_by_reader = await reader.get_job(drafts[1].id)
+        await submitter.submit_jobs([new_job("echo", {}, queue="reports", max_retries=3, timeout=60)], ["third"], 60)
+        found_after_refresh = await reader.get_job(unique[1].id)
     finally:
         await submitter.close()
         await reader.close()
 
+    assert found_after_transaction.queue == "reports"
     assert found_by_submitter.queue == "reports"
-    assert listed_before_refresh == []
-    assert found_by_reader.id == drafts[1].id
+    assert found_after_refresh.id == unique[1].id
 
 
 async def test_unreachable_redis_raises_backend_error() -> None:

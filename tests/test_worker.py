@@ -564,6 +564,11 @@ async def test_heartbeat_ignores_lease_of_ended_run(
     assert "lost the lease" not in caplog.text
 
 
+async def heartbeat_of_cut_off_worker(jobs: list[Job], lease: float) -> list[str]:
+    """Fail as the heartbeat of a worker that is paused or cannot reach Redis: its leases run out."""
+    raise BackendError("cut off from Redis on purpose")
+
+
 @pytest.mark.parametrize("heartbeat_returns", [False, True], ids=["cut-off", "heartbeat-returns"])
 async def test_expired_prefetched_job_does_not_run(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
@@ -578,13 +583,12 @@ async def test_expired_prefetched_job_does_not_run(
         heartbeat = worker.backend.heartbeat
         cut_off = True
 
-        async def heartbeat_of_cut_off_worker(jobs: list[Job], lease: float) -> list[str]:
-            # As if the worker were paused or could not reach Redis: its leases run out.
+        async def heartbeat_until_reconnected(jobs: list[Job], lease: float) -> list[str]:
             if cut_off:
-                raise BackendError("cut off from Redis on purpose")
+                return await heartbeat_of_cut_off_worker(jobs, lease)
             return await heartbeat(jobs, lease)
 
-        monkeypatch.setattr(worker.backend, "heartbeat", heartbeat_of_cut_off_worker)
+        monkeypatch.setattr(worker.backend, "heartbeat", heartbeat_until_reconnected)
         running = await system.client.submit("async_sleep", {"seconds": 2})
         await system.wait_until_started(running)
         late = await system.client.submit("record", {"tag": tag})
@@ -604,7 +608,104 @@ async def test_expired_prefetched_job_does_not_run(
     if heartbeat_returns:
         assert f"lost the lease of job {late.id} before a slot took it" in caplog.text
     else:
-        assert f"Returning job {late.id}:record to its queue" in caplog.text
+        assert f"Could not renew the lease of job {late.id}:record" in caplog.text
+
+
+async def test_prefetched_job_leased_again_runs_once(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(
+        backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=2, LEASE_TIMEOUT=1
+    )
+    tag = f"twice-{uuid.uuid4().hex}"
+    async with start_system(settings) as system:
+        worker = system.worker
+        monkeypatch.setattr(worker.backend, "heartbeat", heartbeat_of_cut_off_worker)
+        running = await system.client.submit("async_sleep", {"seconds": 2})
+        await system.wait_until_started(running)
+        late = await system.client.submit("record", {"tag": tag})
+
+        # The expired lease goes back to the queue, and the worker's spare prefetch leases the
+        # job again while the first delivery still waits for the slot.
+        with anyio.fail_after(5):
+            while (await system.client.get_job(late.id)).token < 2:
+                await anyio.sleep(0.01)
+        monkeypatch.undo()
+        done = await system.wait_for(late, timeout=10)
+
+    assert done.status is JobStatus.completed
+    assert RECORDED.count(tag) == 1
+
+
+async def test_lease_ran_out_during_late_reply(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1, LEASE_TIMEOUT=1)
+    tag = f"late-reply-{uuid.uuid4().hex}"
+    wait_and_lease = RedisBackend.wait_and_lease
+    claimed: list[Job] = []
+
+    async def wait_and_lease_with_late_reply(self: RedisBackend, *args: Any) -> list[Job]:
+        # The worker is paused while the reply travels, and another worker takes the job.
+        leased = await wait_and_lease(self, *args)
+        if leased and not claimed:
+            await anyio.sleep(1.6)
+            claimed.extend(await self.claim(10, "other-worker", 30))
+        return leased
+
+    monkeypatch.setattr(RedisBackend, "wait_and_lease", wait_and_lease_with_late_reply)
+    async with start_system(settings) as system:
+        with anyio.fail_after(5):
+            while not system.worker._blocked:
+                await anyio.sleep(0.01)
+        late = await system.client.submit("record", {"tag": tag})
+        with anyio.fail_after(5):
+            while not claimed or system.worker._busy:
+                await anyio.sleep(0.01)
+
+    assert [job.id for job in claimed] == [late.id]
+    assert tag not in RECORDED
+    assert f"lost the lease of job {late.id} before a slot took it" in caplog.text
+
+
+@pytest.mark.parametrize("method", ["wait_and_lease", "exchange"])
+async def test_lost_lease_reply_runs_job_at_once(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, method: str,
+) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1)
+    call = getattr(RedisBackend, method)
+    lost: list[str] = []
+
+    async def call_whose_reply_is_lost(self: RedisBackend, *args: Any) -> Any:
+        # Redis carries the call out, and the connection drops before the reply arrives.
+        reply = await call(self, *args)
+        leased = reply[1] if method == "exchange" else reply
+        if leased and not lost:
+            lost.extend(job.id for job in leased)
+            raise BackendError("Redis at test failed: ConnectionError: reply lost on purpose")
+        return reply
+
+    # Patched before the worker starts, because an idle worker's first call is already waiting.
+    monkeypatch.setattr(RedisBackend, method, call_whose_reply_is_lost)
+    async with start_system(settings) as system:
+        # The idle worker's wait leases the first job, and the call that records the first
+        # job's outcome leases the second.
+        with anyio.fail_after(5):
+            while not system.worker._blocked:
+                await anyio.sleep(0.01)
+        first = await system.client.submit("async_sleep", {"seconds": 0.3})
+        await system.wait_for(first, {JobStatus.processing, *FINAL})
+        second = await system.client.submit("echo", {})
+        # The lease would expire after LEASE_TIMEOUT (30 s) without the recovery.
+        finished = [await system.wait_for(job, timeout=8) for job in (first, second)]
+
+    assert len(lost) == 1
+    assert [job.status for job in finished] == [JobStatus.completed, JobStatus.completed]
+    assert [job.crashes for job in finished] == [0, 0]
+    assert [job.attempts for job in finished] == [1, 1]
+    assert f"found 1 jobs leased by calls whose replies were lost, and runs them: {lost[0]}" in caplog.text
 
 
 async def test_observers_see_final_job_state(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,6 +116,15 @@ class Backend(abc.ABC):
     async def heartbeat(self, jobs: list[Job], lease: float) -> list[str]:
         """Extend the leases of running jobs. Returns the ids whose lease was lost."""
 
+    async def leased_to(self, worker: str) -> list[Job]:
+        """Return the jobs whose current lease belongs to ``worker``, as stored.
+
+        A worker calls this after a call that leases jobs failed, because Redis may have carried
+        the call out and lost only the reply. A backend that cannot tell returns an empty list, and
+        such jobs wait for their lease to expire.
+        """
+        return []
+
     @abc.abstractmethod
     async def set_progress(self, job: Job, fraction: float, message: str | None) -> bool:
         """Store a running job's progress report. Returns False if its lease was lost."""

@@ -53,9 +53,11 @@ T = TypeVar("T")
 
 SOCKET_TIMEOUT = 10.0  # seconds to connect or to wait for a reply before a command fails
 INTERRUPT_TTL = 60.0  # seconds an interrupt token waits for its worker
-# Seconds between a submitting process's additions of its queue to the set of queues in use. A
-# Redis that lost its data learns the queue again from the next submit after this time.
+# Seconds between a process's additions of a queue to the set of queues in use when it submits
+# through the submit scripts. A Redis that lost its data learns the queue again from the next
+# such submit after this time. Plain transactions add the queue every time.
 QUEUE_SET_REFRESH = 10.0
+LEASE_SCAN_CHUNK = 500  # jobs read per round trip when a worker looks for the leases it holds
 
 
 def _translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -95,9 +97,11 @@ class _SubmitFrame:
     that code runs cold. Building these once leaves only the records and pushes to pack.
     """
 
-    def __init__(self, keys: QueueKeys) -> None:
+    def __init__(self, keys: QueueKeys, prefix: str) -> None:
         self.queue = keys.queue
         self.listed_at = float("-inf")  # time.monotonic() of the last addition to the queue set
+        # Outside the transaction, because the set of queues has no hash tag.
+        self.list_queue = hiredis.pack_command(("SADD", queues_key(prefix), keys.queue))
         self.jobs = keys.jobs
         self.scheduled = keys.scheduled
         self.lists = {priority: keys.for_priority(priority) for priority in Priority}
@@ -320,6 +324,26 @@ class RedisBackend(Backend):
         ))
 
     @_translate_errors
+    async def leased_to(self, worker: str) -> list[Job]:
+        # The processing set contains the jobs that every worker runs or prefetched, so it is
+        # as large as their slots together. This runs only after a failed call.
+        k = self.keys
+        ids = await self.client.zrange(k.processing, 0, -1)
+        leased: list[Job] = []
+        for start in range(0, len(ids), LEASE_SCAN_CHUNK):
+            chunk = ids[start:start + LEASE_SCAN_CHUNK]
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(k.jobs, chunk).hmget(k.leases, chunk)
+                records, tokens = await pipe.execute()
+            for record, token in zip(records, tokens):
+                if record is None or token is None:
+                    continue
+                job = Job.from_record(record)
+                if job.worker == worker and job.status is JobStatus.processing and str(job.token) == token:
+                    leased.append(job)
+        return leased
+
+    @_translate_errors
     async def set_progress(self, job: Job, fraction: float, message: str | None) -> bool:
         """Store a running job's progress. Returns False if the job's lease was lost."""
         done = await self._eval(
@@ -395,20 +419,21 @@ class RedisBackend(Backend):
 
     # Operations of the API, the client and the CLI.
 
-    async def _batch_frame(self, batch: list[Job] | list[NewJob]) -> _SubmitFrame:
+    async def _batch_frame(self, batch: list[Job] | list[NewJob], *, listed: bool = False) -> _SubmitFrame:
         """Return the submit frame of the queue that every job of ``batch`` names.
 
-        The first call for a queue adds it to the set of queues in use, and so does a call
-        QUEUE_SET_REFRESH or more after that: the set may be gone with the rest of the data.
+        Unless the caller adds the queue to the set of queues in use itself (``listed``), the
+        first call for a queue adds it, and so does a call QUEUE_SET_REFRESH or more after
+        that: the set may be gone with the rest of the data.
         """
         queue = batch[0].queue
         if any(job.queue != queue for job in batch):
             raise ValueError("every job of one batch must name the same queue")
         frame = self._submit_frames.get(queue)
         if frame is None:
-            frame = self._submit_frames[queue] = _SubmitFrame(QueueKeys(self.prefix, queue))
+            frame = self._submit_frames[queue] = _SubmitFrame(QueueKeys(self.prefix, queue), self.prefix)
         now = time.monotonic()
-        if now - frame.listed_at >= QUEUE_SET_REFRESH:
+        if not listed and now - frame.listed_at >= QUEUE_SET_REFRESH:
             await self.client.sadd(queues_key(self.prefix), queue)
             frame.listed_at = now
         return frame
@@ -455,7 +480,9 @@ class RedisBackend(Backend):
         """
         if not drafts:
             return []
-        frame = await self._batch_frame(drafts)
+        # Every transaction adds the queue to the set of queues in use, which costs Redis about
+        # a microsecond and no round trip, so a Redis that lost its data relists it at once.
+        frame = await self._batch_frame(drafts, listed=True)
         queue = frame.queue
 
         records: list[str] = []
@@ -476,8 +503,9 @@ class RedisBackend(Backend):
         # One token per call wakes one idle worker, as the submit scripts push. A worker that
         # leases its full share and finds work left wakes the next one.
         tail = frame.wake_and_exec if queued else frame.exec
-        await _send(connection, b"".join([frame.multi, *[_pack(connection, c) for c in commands], tail]))
-        reply_count = len(commands) + (4 if queued else 2)
+        packed = [_pack(connection, command) for command in commands]
+        await _send(connection, b"".join([frame.list_queue, frame.multi, *packed, tail]))
+        reply_count = 1 + len(commands) + (4 if queued else 2)
         try:
             jobs = [draft.to_job() for draft in drafts]
         except Exception:
@@ -561,7 +589,7 @@ class RedisBackend(Backend):
     @_translate_errors
     async def queue_names(self) -> list[str]:
         # The queues this process submitted to count too: after a loss of data, the set lacks
-        # them until their next submit after QUEUE_SET_REFRESH.
+        # them until their next submit.
         listed = await self.client.smembers(queues_key(self.prefix))
         return sorted({*listed, *self._submit_frames})
 
