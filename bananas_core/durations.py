@@ -28,6 +28,8 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"invalid duration {value!r}: expected {DURATION_HELP}")
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds):
         raise ValueError(f"invalid duration {value!r}: expected {DURATION_HELP}")
+    if seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: expected 0 or more seconds, not a negative number")
     return seconds

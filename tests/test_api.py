@@ -234,7 +234,7 @@ async def test_post_unknown_priority_is_rejected(client: httpx.AsyncClient) -> N
     ("field", "value", "expected"),
     [
         ("delay", "soon", "invalid duration 'soon'"),
-        ("delay", -5, "invalid duration -5"),
+        ("delay", -5, "invalid duration -5: expected 0 or more seconds"),
         ("delay", 400 * 86400, "less than or equal to"),
         ("timeout", 0, "greater than or equal to 0.001"),
         ("timeout", "0.5ms", "greater than or equal to 0.001"),
