@@ -26,6 +26,7 @@ from bananas_api.errors import (
 from bananas_api.metrics import ApiMetrics, RejectionCounterMiddleware
 from bananas_api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from bananas_api.models import (
+    DURATION_PATTERN,
     QUEUE_PATTERN,
     UNIQUE_KEY_PATTERN,
     BatchRequest,
@@ -46,6 +47,7 @@ from bananas_api.models import (
 )
 from bananas_core.backends.base import Backend
 from bananas_core.client import MAX_LIST_LIMIT, Client, JobSpec
+from bananas_core.durations import parse_duration
 from bananas_core.errors import (
     BackendError,
     BananasError,
@@ -383,14 +385,24 @@ def _add_read_routes(app: FastAPI, settings: Settings, client: Client, guard: li
         job_id: str,
         # A plain default, because the Annotated form is a string under postponed annotations
         # and cannot name the local settings.
-        timeout: float = Query(
-            min(30.0, settings.WAIT_TIMEOUT_MAX),
-            ge=0,
-            le=settings.WAIT_TIMEOUT_MAX,
-            description="Seconds to wait, at most WAIT_TIMEOUT_MAX.",
+        timeout: str = Query(
+            f"{min(30.0, settings.WAIT_TIMEOUT_MAX):g}",
+            pattern=DURATION_PATTERN,
+            description="Time to wait, at most WAIT_TIMEOUT_MAX: a number of seconds or a "
+            "duration such as 500ms or 30s.",
         ),
     ) -> JobResponse:
-        return await _job_response(client, await client.wait(job_id, timeout))
+        seconds = parse_duration(timeout)
+        if seconds > settings.WAIT_TIMEOUT_MAX:
+            message = (
+                f"invalid timeout {timeout!r}: expected at most WAIT_TIMEOUT_MAX="
+                f"{settings.WAIT_TIMEOUT_MAX:g} seconds"
+            )
+            raise ApiError(
+                422, "invalid_request", sentence(message),
+                details=[ErrorDetail(field="timeout", message=sentence(message))],
+            )
+        return await _job_response(client, await client.wait(job_id, seconds))
 
     @app.get(
         "/queues",

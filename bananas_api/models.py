@@ -32,7 +32,7 @@ MAX_TIMEOUT_SECONDS = 7 * 86400.0
 QUEUE_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 UNIQUE_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
-_DURATION_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"
+DURATION_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"
 
 Delay = Annotated[
     float,
@@ -42,7 +42,7 @@ Delay = Annotated[
         {
             "anyOf": [
                 {"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS},
-                {"type": "string", "pattern": _DURATION_PATTERN},
+                {"type": "string", "pattern": DURATION_PATTERN},
             ]
         }
     ),
@@ -56,7 +56,7 @@ Timeout = Annotated[
         {
             "anyOf": [
                 {"type": "number", "minimum": MIN_TIMEOUT_SECONDS, "maximum": MAX_TIMEOUT_SECONDS},
-                {"type": "string", "pattern": _DURATION_PATTERN},
+                {"type": "string", "pattern": DURATION_PATTERN},
             ]
         }
     ),

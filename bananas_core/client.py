@@ -22,6 +22,7 @@ from anyio.from_thread import start_blocking_portal
 
 from bananas_core.backends import create_backend
 from bananas_core.backends.base import Backend, JobPage, QueueCounts, WorkerInfo
+from bananas_core.durations import parse_duration
 from bananas_core.errors import BackendError, BananasError, JobConflict, PayloadTooLarge
 from bananas_core.job import Job, JobStatus, NewJob, Priority, new_job_draft, now_ms
 from bananas_core.plugins import Plugins, load_configured_plugins, notify
@@ -343,12 +344,17 @@ class Client:
         logger.info("Deleted %d dead jobs of queue %s (name filter: %s)", deleted, queue, name or "none")
         return deleted
 
-    async def wait(self, job_id: str, timeout: float) -> Job:
-        """Wait up to ``timeout`` seconds for the job to complete, die or be cancelled.
+    async def wait(self, job_id: str, timeout: float | str) -> Job:
+        """Wait up to ``timeout`` for the job to complete, die or be cancelled.
 
-        Returns the job as stored then; check its status. Raises JobNotFound.
+        ``timeout`` is a number of seconds or a duration such as ``"30s"``. Returns the job as
+        stored then; check its status. Raises JobNotFound, or BananasError for an invalid timeout.
         """
-        return await self.backend.wait_for_job(job_id, timeout)
+        try:
+            seconds = parse_duration(timeout)
+        except ValueError as error:
+            raise BananasError(str(error)) from error
+        return await self.backend.wait_for_job(job_id, seconds)
 
 
 # A SyncClient left open hung the interpreter at exit, in the teardown of its event loop's
@@ -445,7 +451,7 @@ class SyncClient:
         """Delete every dead job, as ``Client.purge_dead``."""
         return self._call(self._client.purge_dead, **filters)
 
-    def wait(self, job_id: str, timeout: float) -> Job:
+    def wait(self, job_id: str, timeout: float | str) -> Job:
         """Wait for the job to finish, as ``Client.wait``."""
         return self._call(self._client.wait, job_id, timeout)
 

@@ -470,7 +470,18 @@ async def test_wait_times_out_with_current_job(api: Api) -> None:
     assert response.json()["status"] == "pending"
 
 
-@pytest.mark.parametrize("timeout", [-1, 61, "soon"])
+async def test_wait_takes_duration_timeout(api: Api) -> None:
+    job_id = (await submit(api))["id"]
+    started = anyio.current_time()
+
+    response = await api.http.get(f"/jobs/{job_id}/wait", params={"timeout": "200ms"})
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "pending"
+    assert 0.15 < anyio.current_time() - started < 2
+
+
+@pytest.mark.parametrize("timeout", [-1, 61, "soon", "2m"])
 async def test_wait_invalid_timeout_is_422(api: Api, timeout: object) -> None:
     response = await api.http.get(f"/jobs/{uuid.uuid4().hex}/wait", params={"timeout": timeout})
 

@@ -49,6 +49,16 @@ def test_sync_client_raises_core_errors(client: SyncClient) -> None:
         client.get_job("0" * 32)
 
 
+def test_wait_takes_duration_or_names_bad_timeout(client: SyncClient) -> None:
+    job = client.submit("echo")
+
+    waited = client.wait(job.id, "100ms")
+
+    assert waited.status.value == "pending"
+    with pytest.raises(BananasError, match="invalid duration 'soon'"):
+        client.wait(job.id, "soon")
+
+
 _UNCLOSED_CLIENT = """
 import sys
 from bananas_core.client import SyncClient
