@@ -308,10 +308,23 @@ def _describe(item: dict[str, Any], request: Request, accepted_fields: list[str]
         # The ValueError's own message already names the value and the accepted forms.
         return str((item.get("ctx") or {}).get("error") or item.get("msg"))
 
+    if kind == "string_pattern_mismatch" and location and location[-1] in _PATTERN_RULES:
+        return f"Expected {_PATTERN_RULES[location[-1]]} (got {_show(value)})"
+
     message = str(item.get("msg", "Invalid value"))
     if kind != "missing":
         message += f" (got {_show(value)})"
     return message
+
+
+# The rules behind the patterns of the request fields, in words, so that an error states the
+# rule instead of a regular expression.
+_PATTERN_RULES = {
+    "name": "a handler name of 1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'",
+    "queue": "a queue name of 1 to 64 letters, digits, '-', '_' or '.'",
+    "unique_key": "1 to 255 visible ASCII characters without spaces",
+    "timeout": "a number of seconds or a duration such as 500ms or 30s",
+}
 
 
 def _show(value: Any) -> str:

@@ -22,6 +22,7 @@ from bananas_core.client import MIN_TIMEOUT_SECONDS
 from bananas_core.durations import DURATION_HELP, parse_duration
 from bananas_core.job import Job, JobError, JobStatus, Priority, utc_now
 from bananas_core.periodic import ScheduleState
+from bananas_core.registry import HANDLER_NAME
 
 # A delay past this is almost surely a unit mistake, and a much larger one overflows datetime.
 MAX_DELAY_SECONDS = 366 * 86400.0
@@ -94,8 +95,7 @@ class JobRequest(BaseModel):
     )
 
     name: str = Field(
-        min_length=1,
-        max_length=128,
+        pattern=HANDLER_NAME.pattern,
         description="Name of the handler that runs the job, registered by an installed plugin.",
     )
     payload: dict[str, Any] = Field(

@@ -26,6 +26,7 @@ from bananas_core.durations import parse_duration
 from bananas_core.errors import BackendError, BananasError, JobConflict, PayloadTooLarge
 from bananas_core.job import Job, JobStatus, NewJob, Priority, new_job_draft, now_ms
 from bananas_core.plugins import Plugins, load_configured_plugins, notify
+from bananas_core.registry import HANDLER_NAME
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -463,9 +464,11 @@ def _check_types(spec: JobSpec, where: str) -> None:
 
 
 def _check_names(spec: JobSpec, where: str) -> None:
-    if not isinstance(spec.name, str) or not _is_utf8(spec.name):
+    # A name that no plugin could register would only ever reach the dead letter queue.
+    if not isinstance(spec.name, str) or not HANDLER_NAME.match(spec.name):
         raise BananasError(
-            f"invalid name {spec.name!r} of {where}: expected a handler name (a UTF-8 string)"
+            f"invalid name {spec.name!r} of {where}: expected a handler name of 1 to 128 "
+            "letters, digits, '_', '.', ':' or '-', starting with a letter or '_'"
         )
 
     for option, value in (("queue", spec.queue), ("unique key", spec.unique_key)):
@@ -500,14 +503,6 @@ def _check_options(spec: JobSpec, where: str) -> None:
     timeout = spec.timeout
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
         raise BananasError(f"invalid timeout {timeout!r} of {where}: expected a number of seconds")
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # Priority members compare equal to their values, so this matches either.

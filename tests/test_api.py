@@ -242,7 +242,9 @@ async def test_post_unknown_priority_is_rejected(client: httpx.AsyncClient) -> N
         ("max_retries", -1, "greater than or equal to 0"),
         ("max_retries", True, "valid integer"),
         ("max_retries", 2.5, "valid integer"),
-        ("name", "", "at least 1 character"),
+        ("name", "", "Expected a handler name of 1 to 128 letters"),
+        ("name", "send email", "(got 'send email')"),
+        ("queue", "bad queue!", "Expected a queue name of 1 to 64 letters, digits, '-', '_' or '.' (got 'bad queue!')"),
     ],
 )
 async def test_post_invalid_option_names_field(
