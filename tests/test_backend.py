@@ -322,6 +322,19 @@ async def test_purge_deletes_only_expired_finished_jobs(backend: Backend) -> Non
     assert (await backend.get_job(waiting.id)).status is JobStatus.pending
 
 
+async def test_cancel_records_server_time(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller's clock reads 1970, and the script takes Redis's clock instead.
+    monkeypatch.setattr("bananas_core.backends.redis.now_ms", lambda: 0)
+    job = make_job()
+    await backend.enqueue(job)
+
+    outcome, cancelled = await backend.cancel_job(job.id)
+
+    assert outcome == "cancelled"
+    assert cancelled.finished_at is not None
+    assert abs(cancelled.finished_at.timestamp() - time.time()) < 60
+
+
 async def test_wait_for_jobs_wakes_on_enqueue(backend: Backend) -> None:
     woke_after: list[float] = []
 

@@ -624,7 +624,7 @@ class RedisBackend(Backend):
             "cancel",
             keys=[k.jobs, k.high, k.normal, k.low, k.scheduled,
                   cancelled_key(self.prefix, job.queue), cancel_requests_key(self.prefix, job.queue)],
-            args=[job_id, now_ms(), finished_channel(self.prefix, job.queue)],
+            args=[job_id, finished_channel(self.prefix, job.queue)],
         )
         if outcome == "missing":
             raise JobNotFound(job_id)
@@ -656,7 +656,7 @@ class RedisBackend(Backend):
             "finish_cancelled",
             keys=[k.processing, k.leases, k.jobs, cancelled_key(self.prefix, job.queue),
                   cancel_requests_key(self.prefix, job.queue)],
-            args=[job.id, job.token, now_ms(), finished_channel(self.prefix, job.queue)],
+            args=[job.id, job.token, finished_channel(self.prefix, job.queue)],
         )
         return bool(done)
 
@@ -666,7 +666,7 @@ class RedisBackend(Backend):
             "purge_cancelled",
             keys=[cancelled_key(self.prefix, self.queue), self.keys.jobs,
                   cancel_requests_key(self.prefix, self.queue), self.keys.processing],
-            args=[now_ms() - round(cancelled_ttl * 1000), limit],
+            args=[round(cancelled_ttl * 1000), limit],
         ))
 
     @_translate_errors
@@ -804,7 +804,7 @@ class RedisBackend(Backend):
         admitted, wait_ms = await self._eval(
             "rate_limit",
             keys=[rate_limit_key(self.prefix, client_id)],
-            args=[now_ms(), 1000.0 / rate, burst],
+            args=[1000.0 / rate, burst],
         )
         return 0.0 if admitted else wait_ms / 1000
 

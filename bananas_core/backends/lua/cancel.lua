@@ -1,7 +1,7 @@
 -- Cancel a job that has not started, or ask for a running job to be stopped. Claims run as
 -- scripts too, so a job cancelled here can never be leased afterwards.
 -- KEYS: jobs, high, normal, low, scheduled, cancelled, cancel requests
--- ARGV: job id, now ms, finished channel
+-- ARGV: job id, finished channel
 -- Returns a pair: the outcome and the job's record ('' when missing). The outcome is
 -- 'cancelled' (pending or scheduled job, now cancelled), 'requested' (running job, flag stored),
 -- 'finished' (completed, dead or already cancelled: nothing changes) or 'missing'.
@@ -15,7 +15,9 @@ if not ok then
   return { 'missing', '' }
 end
 
-local now = tonumber(ARGV[2])
+-- The time comes from the Redis server's clock, as in the scripts that lease and expire jobs.
+local server_time = redis.call('TIME')
+local now = tonumber(server_time[1]) * 1000 + math.floor(tonumber(server_time[2]) / 1000)
 if job.status == 'pending' then
   local lists = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
   redis.call('LREM', lists[job.priority] or KEYS[3], 0, ARGV[1])
@@ -35,5 +37,5 @@ job.run_at = nil
 raw = cjson.encode(job)
 redis.call('HSET', KEYS[1], ARGV[1], raw)
 redis.call('ZADD', KEYS[6], now, ARGV[1])
-redis.call('PUBLISH', ARGV[3], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
 return { 'cancelled', raw }

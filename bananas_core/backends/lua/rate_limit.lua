@@ -2,11 +2,13 @@
 -- theoretical arrival time (TAT) of the next request, and a request is admitted when it comes
 -- no earlier than TAT minus the burst allowance.
 -- KEYS: the client's rate limit key
--- ARGV: now ms, emission interval ms (1000 / rate), burst
+-- ARGV: emission interval ms (1000 / rate), burst
 -- Returns {1, 0} when admitted, or {0, ms until a request would be admitted}.
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
+-- The Redis server's clock, so that API processes whose clocks differ share one budget.
+local server_time = redis.call('TIME')
+local now = tonumber(server_time[1]) * 1000 + tonumber(server_time[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
 
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then
