@@ -269,12 +269,13 @@ class Worker:
 
         await self._run_job(job)
 
-    def _drop_unstarted(self, job_ids: set[str]) -> list[Job]:
-        """Remove the jobs with these ids from ``_ready``, and return them."""
-        dropped = [job for job in self._ready if job.id in job_ids]
+    def _drop_unstarted(self, deliveries: list[Job]) -> list[Job]:
+        """Remove these deliveries from ``_ready`` where they wait there, and return those."""
+        keys = {(job.id, job.token) for job in deliveries}
+        dropped = [job for job in self._ready if (job.id, job.token) in keys]
         if not dropped:
             return []
-        self._ready = collections.deque(job for job in self._ready if job.id not in job_ids)
+        self._ready = collections.deque(job for job in self._ready if (job.id, job.token) not in keys)
         for job in dropped:
             del self._leased_at[job.id]
             self._forget(job)
@@ -309,8 +310,15 @@ class Worker:
                 self._wakers.discard(wake)
                 wake = anyio.Event()
                 self._wakers.add(wake)
-                if self._leases_unknown and not await self._recover_leases():
-                    continue
+                # A lease call in flight may bring jobs that the recovery would find as well,
+                # so the recovery waits for its reply, and no new lease goes out meanwhile.
+                # NOTE: a stopping worker does not recover: such jobs wait for their lease
+                # to expire.
+                recovering = self._leases_unknown and not self._stopping
+                if recovering and not self._leasing and not self._blocked:
+                    if not await self._recover_leases():
+                        continue
+                    recovering = False
                 if self._stopping and not self._leasing:
                     # Jobs that no slot has started go back at once, instead of holding the
                     # worker up for the grace period. Not while a lease is on its way: its jobs
@@ -319,17 +327,17 @@ class Worker:
                 free = self._free_slots()
                 # While the idle waiter blocks, its own lease takes the jobs that arrive. A
                 # second lease here could take more jobs than there are free slots.
-                lease_count = 0 if self._dry or self._blocked else min(free, self._lane_share)
+                lease_count = 0 if self._dry or self._blocked or recovering else min(free, self._lane_share)
                 if not self._outcomes and lease_count == 0:
                     if self._stopping and self._busy == 0 and not self._blocked and not self._leasing:
                         self._wake_exchange()  # the other lanes see the end too
                         return
-                    if free > 0 and self._busy == 0 and not self._blocked and not self._leasing:
+                    if free > 0 and self._busy == 0 and not self._blocked and not self._leasing and not recovering:
                         # Nothing runs, so no outcome can arrive: block and lease in one call.
                         # Not while the idle waiter blocks too: it would take the next token.
                         self._lane_failures = await self._wait_and_lease(free, self._lane_failures)
                         continue
-                    if free > 0 and self._need_jobs is not None:
+                    if free > 0 and self._need_jobs is not None and not recovering:
                         self._need_jobs.set()  # the idle waiter blocks on the wake-up list
                     await wake.wait()
                     continue
@@ -455,7 +463,8 @@ class Worker:
         if not leased:
             return
         # A job leased again while an older delivery of it waits: the older token is dead.
-        self._drop_unstarted({job.id for job in leased})
+        leased_ids = {job.id for job in leased}
+        self._drop_unstarted([job for job in self._ready if job.id in leased_ids])
         for job in leased:
             self.running[job.id] = job
             self._leased_at[job.id] = leased_at
@@ -552,8 +561,8 @@ class Worker:
             await self._need_jobs.wait()
             self._need_jobs = anyio.Event()
             free = self._free_slots()
-            if self._blocked or free == 0:
-                continue  # the exchange loop blocks itself, or the worker stops
+            if self._blocked or free == 0 or self._leases_unknown:
+                continue  # the exchange loop blocks itself or recovers leases, or the worker stops
             failures = await self._wait_and_lease(free, failures)
             if failures:
                 self._dry = False  # the next lease looks at the queue again
@@ -590,7 +599,9 @@ class Worker:
                 await self._release(job)
             raise
         finally:
-            self._run_scopes.pop(job.id, None)
+            # A newer delivery of the job may run here too, under a scope of its own.
+            if self._run_scopes.get(job.id) is scope:
+                del self._run_scopes[job.id]
 
         if scope.cancelled_caught:
             if job.id in self._cancel_requested:
@@ -852,12 +863,15 @@ class Worker:
                 # A renewed lease expires LEASE_TIMEOUT after the heartbeat was sent.
                 if job.id in self._leased_at and job.id not in lost_ids and self._holds(job):
                     self._leased_at[job.id] = sent_at
-            for job in self._drop_unstarted(lost_ids):
+            # The deliveries that the heartbeat sent. A newer delivery of the same job, leased
+            # while the heartbeat was on its way, keeps its lease.
+            lost_deliveries = [job for job in jobs if job.id in lost_ids and self._holds(job)]
+            for job in self._drop_unstarted(lost_deliveries):
                 logger.warning(
                     "Worker %s lost the lease of job %s before a slot took it; it does not run here",
                     self.id, job.id,
                 )
-            for job_id in lost:
+            for job_id in [job.id for job in lost_deliveries if self._holds(job)]:
                 scope = self._run_scopes.get(job_id)
                 if scope is None:
                     # The run ended during the heartbeat, and the exchange that recorded its

@@ -22,7 +22,9 @@ from bananas_core.job import Job, JobStatus
 from bananas_core.plugins import load_plugins
 from bananas_core.scheduler import Scheduler
 from bananas_core.settings import Settings, load_settings
-from bananas_core.worker import Worker
+from bananas_core.worker import Worker, _lease_clock
+# private_redis is a fixture: a redis-server of the test's own, which it may stop.
+from tests.chaos.conftest import PrivateRedis, private_redis  # noqa: F401
 from tests.handlers import RECORDED
 
 pytestmark = pytest.mark.anyio
@@ -706,6 +708,102 @@ async def test_lost_lease_reply_runs_job_at_once(
     assert [job.crashes for job in finished] == [0, 0]
     assert [job.attempts for job in finished] == [1, 1]
     assert f"found 1 jobs leased by calls whose replies were lost, and runs them: {lost[0]}" in caplog.text
+
+
+async def test_recovery_waits_for_lease_in_flight(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=2, WORKER_PREFETCH=2)
+    tag = f"in-flight-{uuid.uuid4().hex}"
+    exchange = RedisBackend.exchange
+    leases: list[int] = []
+
+    async def exchange_slow_then_lost(self: RedisBackend, outcomes: Any, count: int, *args: Any) -> Any:
+        reply = await exchange(self, outcomes, count, *args)
+        if count and reply[1]:
+            leases.append(len(reply[1]))
+            if len(leases) == 1:
+                await anyio.sleep(1)  # this lane's reply is still on its way
+            elif len(leases) == 2:
+                raise BackendError("Redis at test failed: ConnectionError: reply lost on purpose")
+        return reply
+
+    # The jobs wait before the worker starts, so both lanes lease at once.
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    try:
+        client = Client(settings, plugins=plugins, backend=backend)
+        jobs = [await client.submit("record", {"tag": f"{tag}-{n}"}) for n in range(4)]
+    finally:
+        await backend.close()
+    monkeypatch.setattr(RedisBackend, "exchange", exchange_slow_then_lost)
+    async with start_system(settings) as system:
+        done = [await system.wait_for(job) for job in jobs]
+        await anyio.sleep(1.5)
+
+    assert len(leases) >= 2
+    assert [job.status for job in done] == [JobStatus.completed] * 4
+    assert [RECORDED.count(f"{tag}-{n}") for n in range(4)] == [1, 1, 1, 1]
+
+
+async def test_heartbeat_keeps_newer_delivery(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(
+        backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=1, LEASE_TIMEOUT=3
+    )
+    tag = f"newer-{uuid.uuid4().hex}"
+    async with start_system(settings) as system:
+        worker = system.worker
+        backend = worker.backend
+        heartbeat = backend.heartbeat
+        lost_reported: list[list[str]] = []
+
+        running = await system.client.submit("async_sleep", {"seconds": 2})
+        await system.wait_until_started(running)
+        job = await system.client.submit("record", {"tag": tag})
+        with anyio.fail_after(5):
+            while not any(waiting.id == job.id for waiting in worker._ready):
+                await anyio.sleep(0.01)
+
+        async def heartbeat_overtaken_by_lease(jobs: list[Job], lease: float) -> list[str]:
+            old = next((each for each in jobs if each.id == job.id), None)
+            if old is not None and not lost_reported:
+                # While the heartbeat with the old token travels, the old lease ends (release
+                # stands in for the scheduler) and a lane's reply brings the job's next delivery.
+                assert await backend.release(old)
+                _, leased = await backend.exchange([], 1, worker.id, lease)
+                worker._dispatch(leased, _lease_clock())
+            lost = await heartbeat(jobs, lease)
+            if old is not None:
+                lost_reported.append(lost)
+            return lost
+
+        monkeypatch.setattr(backend, "heartbeat", heartbeat_overtaken_by_lease)
+        done = await system.wait_for(job, timeout=10)
+
+    assert lost_reported[0] == [job.id]
+    assert done.status is JobStatus.completed
+    assert done.crashes == 0
+    assert RECORDED.count(tag) == 1
+
+
+async def test_stop_after_failed_lease_with_redis_down(key_prefix: str, private_redis: PrivateRedis) -> None:
+    settings = make_settings(private_redis.url, key_prefix, WORKER_CONCURRENCY=1, SHUTDOWN_GRACE=1)
+    with anyio.fail_after(30):
+        async with start_system(settings) as system:
+            with anyio.fail_after(5):
+                while not system.worker._blocked:
+                    await anyio.sleep(0.01)
+            private_redis.stop()
+            await anyio.sleep(1.5)
+            unknown_before_stop = system.worker._leases_unknown
+            stop_started = anyio.current_time()
+        stopped_after = anyio.current_time() - stop_started
+
+    assert unknown_before_stop
+    # The wait blocks for up to the socket timeout (10 s) when Redis is gone, not forever.
+    assert stopped_after < 15
 
 
 async def test_observers_see_final_job_state(backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:

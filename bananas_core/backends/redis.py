@@ -336,10 +336,11 @@ class RedisBackend(Backend):
                 pipe.hmget(k.jobs, chunk).hmget(k.leases, chunk)
                 records, tokens = await pipe.execute()
             for record, token in zip(records, tokens):
-                if record is None or token is None:
+                # Most records name other workers: skip those before the cost of decoding.
+                if record is None or token is None or worker not in record:
                     continue
-                job = Job.from_record(record)
-                if job.worker == worker and job.status is JobStatus.processing and str(job.token) == token:
+                job = _decode_job(record)
+                if job and job.worker == worker and job.status is JobStatus.processing and str(job.token) == token:
                     leased.append(job)
         return leased
 
@@ -518,6 +519,10 @@ class RedisBackend(Backend):
             raise
         finally:
             replies = await self._receive_all(connection, reply_count)
+        listed, *replies = replies
+        if isinstance(listed, Exception):
+            # The jobs are stored, so the caller must not see an error and submit them again.
+            logger.warning("Could not add queue %s to the set of queues in use: %s", queue, listed)
         # Redis queues every command or rejects the whole transaction (EXECABORT). Inside EXEC,
         # an error reply (a key of the wrong type, set by hand) leaves the other writes made.
         results = replies[-1]
