@@ -392,10 +392,13 @@ def _add_read_routes(app: FastAPI, settings: Settings, client: Client, guard: li
             "duration such as 500ms or 30s.",
         ),
     ) -> JobResponse:
-        seconds = parse_duration(timeout)
+        try:
+            seconds = parse_duration(timeout)
+        except ValueError:
+            seconds = float("inf")  # a number too large for a float
         if seconds > settings.WAIT_TIMEOUT_MAX:
             message = (
-                f"invalid timeout {timeout!r}: expected at most WAIT_TIMEOUT_MAX="
+                f"invalid timeout {timeout[:64]!r}: expected at most WAIT_TIMEOUT_MAX="
                 f"{settings.WAIT_TIMEOUT_MAX:g} seconds"
             )
             raise ApiError(

@@ -215,12 +215,12 @@ class Client:
                 timeout=spec.timeout if spec.timeout is not None else defaults.get("timeout"),
             )
         queue = spec.queue or self.settings.QUEUE
-        if not QUEUE_PATTERN.match(queue):
+        if not QUEUE_PATTERN.fullmatch(queue):
             raise BananasError(
                 f"invalid queue {queue!r} of {where}: expected 1 to 64 letters, digits, "
                 "'-', '_' or '.'"
             )
-        if spec.unique_key is not None and not UNIQUE_KEY_PATTERN.match(spec.unique_key):
+        if spec.unique_key is not None and not UNIQUE_KEY_PATTERN.fullmatch(spec.unique_key):
             raise BananasError(
                 f"invalid unique key {spec.unique_key!r} of {where}: expected 1 to 255 visible "
                 "ASCII characters without spaces"
@@ -465,7 +465,7 @@ def _check_types(spec: JobSpec, where: str) -> None:
 
 def _check_names(spec: JobSpec, where: str) -> None:
     # A name that no plugin could register would only ever reach the dead letter queue.
-    if not isinstance(spec.name, str) or not HANDLER_NAME.match(spec.name):
+    if not isinstance(spec.name, str) or not HANDLER_NAME.fullmatch(spec.name):
         raise BananasError(
             f"invalid name {spec.name!r} of {where}: expected a handler name of 1 to 128 "
             "letters, digits, '_', '.', ':' or '-', starting with a letter or '_'"

@@ -123,7 +123,7 @@ class Schedule:
                 f"invalid schedule name {self.name!r}: use 1 to 128 letters, digits, '_', '.', "
                 "':' or '-', starting with a letter or '_'"
             )
-        if not isinstance(self.job, str) or not HANDLER_NAME.match(self.job):
+        if not isinstance(self.job, str) or not HANDLER_NAME.fullmatch(self.job):
             raise ConfigError(f"{where} has an invalid job {self.job!r}: give a handler name")
         if not isinstance(self.payload, dict):
             raise ConfigError(f"{where} has an invalid payload {self.payload!r}: give a JSON object")
@@ -149,7 +149,7 @@ class Schedule:
         if not isinstance(self.catch_up, bool):
             raise ConfigError(f"{where} has an invalid catch_up {self.catch_up!r}: give true or false")
 
-        if self.queue is not None and not (isinstance(self.queue, str) and QUEUE_NAME.match(self.queue)):
+        if self.queue is not None and not (isinstance(self.queue, str) and QUEUE_NAME.fullmatch(self.queue)):
             raise ConfigError(f"{where} has an invalid queue {self.queue!r}: use 1 to 64 letters, digits, '-', '_' or '.'")
         if self.priority is not None and self.priority not in ("high", "normal", "low"):
             raise ConfigError(f"{where} has an invalid priority {self.priority!r}: use high, normal or low")

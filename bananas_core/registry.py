@@ -119,7 +119,7 @@ class HandlerRegistry:
         callable or importable as isolation requires, or another plugin already registered the
         name.
         """
-        if not isinstance(name, str) or not HANDLER_NAME.match(name):
+        if not isinstance(name, str) or not HANDLER_NAME.fullmatch(name):
             raise PluginError(
                 f"plugin {self.current_plugin!r} registered an invalid handler name {name!r}: "
                 "use 1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'"
@@ -175,7 +175,7 @@ class HandlerRegistry:
         schema: object,
     ) -> dict[str, Any]:
         where = f"plugin {self.current_plugin!r} registered handler {name!r} with invalid"
-        if queue is not None and not (isinstance(queue, str) and QUEUE_NAME.match(queue)):
+        if queue is not None and not (isinstance(queue, str) and QUEUE_NAME.fullmatch(queue)):
             raise PluginError(f"{where} queue {queue!r}: use 1 to 64 letters, digits, '-', '_' or '.'")
         try:
             checked_priority = None if priority is None else Priority(priority)

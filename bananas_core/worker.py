@@ -85,6 +85,7 @@ class Worker:
         # A call that leases jobs failed, so Redis may hold leases of this worker's that it
         # does not know: the call may have run and lost only its reply.
         self._leases_unknown = False
+        self._recovering = False  # a task runs _recover_leases
         self._closing = False  # no more jobs come: idle slots return
         self._settling = 0  # slots waiting for their outcome to be recorded, to announce it
         self._settling_sent = 0  # those of them whose outcome is in an exchange call in flight
@@ -255,7 +256,7 @@ class Worker:
                     "renewal, so it is returned to its queue instead of run: %s",
                     job.id, job.name, waited, error,
                 )
-                # The release retries until Redis responds, and checks the delivery token.
+                # The release retries for up to LEASE_TIMEOUT, and checks the delivery token.
                 with anyio.CancelScope(shield=True):
                     await self._release(job)
                 return
@@ -314,8 +315,8 @@ class Worker:
                 # so the recovery waits for its reply, and no new lease goes out meanwhile.
                 # NOTE: a stopping worker does not recover: such jobs wait for their lease
                 # to expire.
-                recovering = self._leases_unknown and not self._stopping
-                if recovering and not self._leasing and not self._blocked:
+                recovering = (self._leases_unknown or self._recovering) and not self._stopping
+                if recovering and not self._recovering and not self._leasing and not self._blocked:
                     if not await self._recover_leases():
                         continue
                     recovering = False
@@ -430,17 +431,20 @@ class Worker:
 
         Without this, such jobs would wait for their lease to expire, and count as a crash.
         """
-        self._leases_unknown = False
+        # Set until the end, so that no lane leases while the jobs are looked up.
+        self._recovering = True
         try:
             leased = await self.backend.leased_to(self.id)
             unknown = [job for job in leased if not self._holds(job)]
             renewed_at = _lease_clock()
             lost = await self.backend.heartbeat(unknown, self.settings.LEASE_TIMEOUT) if unknown else []
         except BackendError as error:
-            self._leases_unknown = True
             self._lane_failures += 1
             await self._backoff("find the jobs leased by failed calls", error, self._lane_failures)
             return False
+        finally:
+            self._recovering = False
+        self._leases_unknown = False
 
         found = [job for job in unknown if job.id not in lost and not self._holds(job)]
         if found:
@@ -561,7 +565,7 @@ class Worker:
             await self._need_jobs.wait()
             self._need_jobs = anyio.Event()
             free = self._free_slots()
-            if self._blocked or free == 0 or self._leases_unknown:
+            if self._blocked or free == 0 or self._leases_unknown or self._recovering:
                 continue  # the exchange loop blocks itself or recovers leases, or the worker stops
             failures = await self._wait_and_lease(free, failures)
             if failures:

@@ -197,6 +197,8 @@ def test_nested_tuples_are_stored_as_arrays(client: SyncClient) -> None:
         ("echo", {"priority": ["high"]}, "invalid priority \\['high'\\] of job"),
         ("ok\ud800", {}, "expected a handler name of 1 to 128 letters"),
         ("send email", {}, "invalid name .send email. of job: expected a handler name"),
+        ("echo\n", {}, "invalid name 'echo\\\\n' of job: expected a handler name"),
+        ("echo", {"queue": "email\n"}, "invalid queue 'email\\\\n' of job"),
         ("echo", {"queue": 5}, "invalid queue 5 of job: expected a string"),
         ("echo", {"unique_key": 5}, "invalid unique key 5 of job: expected a string"),
         ("echo", {"run_at": "2027-01-01T00:00:00Z"}, "invalid run_at '2027-01-01T00:00:00Z' of job"),

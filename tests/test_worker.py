@@ -648,12 +648,15 @@ async def test_lease_ran_out_during_late_reply(
     wait_and_lease = RedisBackend.wait_and_lease
     claimed: list[Job] = []
 
+    claim_tried = anyio.Event()
+
     async def wait_and_lease_with_late_reply(self: RedisBackend, *args: Any) -> list[Job]:
         # The worker is paused while the reply travels, and another worker takes the job.
         leased = await wait_and_lease(self, *args)
-        if leased and not claimed:
+        if leased and not claim_tried.is_set():
             await anyio.sleep(1.6)
             claimed.extend(await self.claim(10, "other-worker", 30))
+            claim_tried.set()
         return leased
 
     monkeypatch.setattr(RedisBackend, "wait_and_lease", wait_and_lease_with_late_reply)
@@ -663,10 +666,12 @@ async def test_lease_ran_out_during_late_reply(
                 await anyio.sleep(0.01)
         late = await system.client.submit("record", {"tag": tag})
         with anyio.fail_after(5):
-            while not claimed or system.worker._busy:
+            await claim_tried.wait()
+        assert [job.id for job in claimed] == [late.id], "the scheduler did not return the expired lease in time"
+        with anyio.fail_after(5):
+            while system.worker._busy:
                 await anyio.sleep(0.01)
 
-    assert [job.id for job in claimed] == [late.id]
     assert tag not in RECORDED
     assert f"lost the lease of job {late.id} before a slot took it" in caplog.text
 
@@ -746,11 +751,63 @@ async def test_recovery_waits_for_lease_in_flight(
     assert [RECORDED.count(f"{tag}-{n}") for n in range(4)] == [1, 1, 1, 1]
 
 
+async def test_no_lease_goes_out_during_recovery(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=2)
+    wait_and_lease, exchange, leased_to = RedisBackend.wait_and_lease, RedisBackend.exchange, RedisBackend.leased_to
+    scans: list[str] = []  # "started" and "ended" of each recovery's lookup
+    leases_during_scan: list[str] = []
+    lost: list[str] = []
+
+    def scanning() -> bool:
+        return bool(scans) and scans[-1] == "started"
+
+    async def wait_and_lease_watched(self: RedisBackend, *args: Any) -> list[Job]:
+        if scanning():
+            leases_during_scan.append("wait_and_lease")
+        leased = await wait_and_lease(self, *args)
+        if any(job.name == "echo" for job in leased) and not lost:
+            lost.extend(job.id for job in leased)
+            raise BackendError("Redis at test failed: ConnectionError: reply lost on purpose")
+        return leased
+
+    async def exchange_watched(self: RedisBackend, outcomes: Any, count: int, *args: Any) -> Any:
+        if count and scanning():
+            leases_during_scan.append("exchange")
+        return await exchange(self, outcomes, count, *args)
+
+    async def slow_leased_to(self: RedisBackend, worker: str) -> list[Job]:
+        scans.append("started")
+        try:
+            await anyio.sleep(1)
+            return await leased_to(self, worker)
+        finally:
+            scans.append("ended")
+
+    monkeypatch.setattr(RedisBackend, "wait_and_lease", wait_and_lease_watched)
+    monkeypatch.setattr(RedisBackend, "exchange", exchange_watched)
+    monkeypatch.setattr(RedisBackend, "leased_to", slow_leased_to)
+    async with start_system(settings) as system:
+        # The first job ends during the lookup, and its outcome goes out then.
+        running = await system.client.submit("async_sleep", {"seconds": 0.5})
+        await system.wait_until_started(running)
+        job = await system.client.submit("echo", {})
+        finished = [await system.wait_for(each) for each in (running, job)]
+
+    assert lost == [job.id]
+    assert scans[:2] == ["started", "ended"]
+    assert leases_during_scan == []
+    assert [each.status for each in finished] == [JobStatus.completed, JobStatus.completed]
+
+
 async def test_heartbeat_keeps_newer_delivery(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The job waits 3 s for the slot, less than half of LEASE_TIMEOUT, so only the heartbeat
+    # loop renews leases.
     settings = make_settings(
-        backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=1, LEASE_TIMEOUT=3
+        backend_url, key_prefix, WORKER_CONCURRENCY=1, WORKER_PREFETCH=1, LEASE_TIMEOUT=7
     )
     tag = f"newer-{uuid.uuid4().hex}"
     async with start_system(settings) as system:
@@ -759,7 +816,7 @@ async def test_heartbeat_keeps_newer_delivery(
         heartbeat = backend.heartbeat
         lost_reported: list[list[str]] = []
 
-        running = await system.client.submit("async_sleep", {"seconds": 2})
+        running = await system.client.submit("async_sleep", {"seconds": 3})
         await system.wait_until_started(running)
         job = await system.client.submit("record", {"tag": tag})
         with anyio.fail_after(5):
@@ -770,7 +827,7 @@ async def test_heartbeat_keeps_newer_delivery(
             old = next((each for each in jobs if each.id == job.id), None)
             if old is not None and not lost_reported:
                 # While the heartbeat with the old token travels, the old lease ends (release
-                # stands in for the scheduler) and a lane's reply brings the job's next delivery.
+                # plays the scheduler) and a lane's reply brings the job's next delivery.
                 assert await backend.release(old)
                 _, leased = await backend.exchange([], 1, worker.id, lease)
                 worker._dispatch(leased, _lease_clock())
