@@ -235,7 +235,7 @@ class OutageLog:
 
     During an outage every request fails, and a line for each would flood the log. The first
     failure of an interval is logged at WARNING with its request id, and the others at DEBUG.
-    The WARNING line of the next interval counts the failures that the previous one left out.
+    The next WARNING line first counts the failures that were left out, with their times.
     NOTE: the failures after the last WARNING line of an outage are counted at DEBUG only.
     """
 
@@ -243,6 +243,7 @@ class OutageLog:
         self.interval = interval
         self._logged_at = float("-inf")  # time.monotonic() of the last WARNING line
         self._left_out = 0  # failures since then, logged at DEBUG only
+        self._left_out_span = (0.0, 0.0)  # time.time() of the first and the last of them
 
     def failed(self, request: Request, error: BackendError) -> None:
         """Log the failure of ``request``."""
@@ -250,19 +251,25 @@ class OutageLog:
         details = (current_request_id(), request.method, request.url.path, error)
         now = time.monotonic()
         if now - self._logged_at < self.interval:
+            first = self._left_out_span[0] if self._left_out else time.time()
             self._left_out += 1
+            self._left_out_span = (first, time.time())
             logger.debug(line, *details)
             return
 
         if self._left_out:
             logger.warning(
-                "%d more requests failed because the backend was unavailable in the %.0fs before "
-                "this line (logged at DEBUG)",
-                self._left_out, now - self._logged_at,
+                "%d more requests failed because the backend was unavailable, from %s to %s "
+                "(logged at DEBUG)",
+                self._left_out, *(_clock_time(moment) for moment in self._left_out_span),
             )
         self._logged_at = now
         self._left_out = 0
         logger.warning(line, *details)
+
+
+def _clock_time(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
 
 def backend_error_response(request: Request, error: BackendError) -> JSONResponse:

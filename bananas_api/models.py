@@ -268,6 +268,9 @@ class JobResponse(BaseModel):
     status: JobStatus
     attempts: int = Field(description="Runs started, including one that is running now.")
     retries: int = Field(description="Retries scheduled after failed runs.")
+    crashes: int = Field(
+        0, description="Runs lost because their worker died or lost its lease; see POISON_THRESHOLD."
+    )
     max_retries: int
     timeout: float = Field(description="Seconds one run may take.")
     created_at: datetime

@@ -32,7 +32,7 @@ from bananas_core.errors import (
 )
 from bananas_core.durations import DURATION_HELP, parse_duration
 from bananas_core.job import JobStatus
-from bananas_core.plugins import Plugins, add_plugin_commands, load_configured_plugins, log_plugins
+from bananas_core.plugins import Plugins, add_plugin_commands, load_configured_plugins, log_plugins, origin
 from bananas_core.settings import Settings, load_settings, redact_url
 
 logger = logging.getLogger("bananas.cli")
@@ -370,7 +370,7 @@ def _plugins(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps([info.__dict__ for info in plugins.infos], indent=2))
         return 0
     for info in plugins.infos:
-        print(f"{info.name} ({info.distribution} {info.version})")
+        print(f"{info.name} ({origin(info.distribution, info.version)})")
         print(f"  handlers: {', '.join(info.handlers) or 'none'}")
         print(f"  hooks:    {', '.join(info.hooks) or 'none'}")
     return 0

@@ -45,6 +45,15 @@ _PLAIN_FUNCTION_HOOKS = (
 _COROUTINE_HOOKS = ("bananas_wrap_job",)
 
 
+# The distribution of a module that the PLUGINS setting loads, which has none of its own.
+PLUGINS_SETTING = "(PLUGINS setting)"
+
+
+def origin(distribution: str, version: str) -> str:
+    """Return where a plugin comes from in words: its distribution and version, or the setting."""
+    return "PLUGINS setting" if distribution == PLUGINS_SETTING else f"{distribution} {version}"
+
+
 @dataclass
 class PluginInfo:
     """A loaded plugin: where it came from and what it registered."""
@@ -163,7 +172,7 @@ def load_plugins(
     for module_name in modules:
         matched.add(module_name)
         if module_name in blocked:
-            skipped.append(SkippedPlugin(module_name, "(PLUGINS setting)", "-", "blocked by PLUGINS_BLOCK"))
+            skipped.append(SkippedPlugin(module_name, PLUGINS_SETTING, "-", "blocked by PLUGINS_BLOCK"))
             continue
         try:
             plugin = importlib.import_module(module_name)
@@ -174,7 +183,7 @@ def load_plugins(
                 "Check the module name and that it is importable from this environment."
             ) from error
         _register(manager, plugin, module_name, "PLUGINS")
-        infos.append(PluginInfo(module_name, "(PLUGINS setting)", "-"))
+        infos.append(PluginInfo(module_name, PLUGINS_SETTING, "-"))
 
     for setting, names in (("PLUGINS_ALLOW", allowed), ("PLUGINS_BLOCK", blocked)):
         for name in sorted(names - matched):
@@ -194,16 +203,13 @@ def log_plugins(plugins: Plugins) -> None:
     """Log each loaded plugin with its distribution, version and handlers, and each skipped one."""
     for info in plugins.infos:
         logger.info(
-            "Loaded plugin %s (%s %s), handlers: %s",
-            info.name,
-            info.distribution,
-            info.version,
-            ", ".join(info.handlers) or "none",
+            "Loaded plugin %s (%s), handlers: %s",
+            info.name, origin(info.distribution, info.version), ", ".join(info.handlers) or "none",
         )
     for skipped in plugins.skipped:
         logger.info(
-            "Skipped plugin %s (%s %s): %s",
-            skipped.name, skipped.distribution, skipped.version, skipped.reason,
+            "Skipped plugin %s (%s): %s",
+            skipped.name, origin(skipped.distribution, skipped.version), skipped.reason,
         )
 
 

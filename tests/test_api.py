@@ -406,7 +406,7 @@ async def test_get_job_returns_stored_job(client: httpx.AsyncClient) -> None:
     body = response.json()
     assert body == created
     assert set(body) == {
-        "id", "name", "queue", "priority", "status", "attempts", "retries", "max_retries",
+        "id", "name", "queue", "priority", "status", "attempts", "retries", "crashes", "max_retries",
         "timeout", "created_at", "started_at", "finished_at", "run_at", "error", "result",
         "payload", "progress", "progress_message", "cancel_requested_at",
     }
@@ -500,7 +500,7 @@ async def test_outage_logs_one_warning_per_interval(
 
     warnings = [record.getMessage() for record in caplog.records if record.name == "bananas_api.errors"]
     assert len(warnings) == 3
-    assert warnings[1].startswith("2 more requests failed because the backend was unavailable in the 10s")
+    assert warnings[1].startswith("2 more requests failed because the backend was unavailable, from ")
     assert last.headers["X-Request-ID"] in warnings[2]
 
 
