@@ -127,8 +127,15 @@ _ERROR_EXITS: tuple[tuple[type[BaseException], int, str], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as the other errors of bananas are."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"bananas: {message}; see '{self.prog} --help'\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bananas",
         description="A Redis job queue. Settings come from environment variables (see the README).",
     )

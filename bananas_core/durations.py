@@ -23,7 +23,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
+        text = str(value)
+        match = _DURATION.match(text)
+        if match is None and _DURATION.match(text.strip().removeprefix("-")):
+            raise ValueError(f"invalid duration {value!r}: expected 0 or more seconds, not a negative duration")
         if match is None:
             raise ValueError(f"invalid duration {value!r}: expected {DURATION_HELP}")
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]

@@ -126,7 +126,8 @@ def test_exit_codes(run: Any, argv: tuple[str, ...], expected: int) -> None:
     code, _, err = run(*argv)
 
     assert code == expected
-    assert err.startswith("bananas: ") or "usage:" in err
+    assert err.startswith("bananas: ")
+    assert err.count("\n") == 1
 
 
 def test_dead_retry_of_live_job_conflicts(run: Any) -> None:

@@ -33,6 +33,12 @@ def test_invalid_duration_names_value(text: object) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", [-1, "-3", " -2s", "-.5m"])
+def test_negative_duration_says_so(text: object) -> None:
+    with pytest.raises(ValueError, match="expected 0 or more seconds, not a negative"):
+        parse_duration(text)
+
+
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("REDIS_URL", "API_PORT", "WORKER_CONCURRENCY", "JOB_TIMEOUT", "MAX_RETRIES"):
         monkeypatch.delenv(name, raising=False)
