@@ -242,9 +242,10 @@ class Worker:
         """Run a job that waited in ``_ready``, unless its lease was lost meanwhile.
 
         A heartbeat renews every lease after a third of LEASE_TIMEOUT. A job whose lease was
-        last renewed more than half of LEASE_TIMEOUT ago waited while the worker was paused,
-        suspended or cut off from Redis, and the scheduler may have given it to another worker.
-        Such a job's lease is renewed first, which checks its delivery token.
+        last renewed more than half of LEASE_TIMEOUT ago may have waited while the worker was
+        paused, suspended or cut off from Redis, and the scheduler may have given it to another
+        worker. Such a job's lease is renewed first, which checks its delivery token. With a
+        LEASE_TIMEOUT under 2 s, a job leased behind an idle wait (up to 1 s) may take this path.
         """
         waited = _lease_clock() - self._leased_at.pop(job.id)
         if waited > self.settings.LEASE_TIMEOUT / 2:
