@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bananas_api.request_id import current_request_id
 from bananas_core.client import MAX_PAYLOAD_DEPTH
 from bananas_core.errors import BackendError, JobConflict, JobNotFound
+from bananas_core.registry import HANDLER_NAME_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,8 @@ class OutageLog:
         self.interval = interval
         self._logged_at = float("-inf")  # time.monotonic() of the last WARNING line
         self._left_out = 0  # failures since then, logged at DEBUG only
-        self._left_out_span = (0.0, 0.0)  # time.time() of the first and the last of them
+        self._first_left_out = 0.0  # time.time() of the first of them
+        self._last_left_out = 0.0  # time.time() of the last of them
 
     def failed(self, request: Request, error: BackendError) -> None:
         """Log the failure of ``request``."""
@@ -251,9 +253,10 @@ class OutageLog:
         details = (current_request_id(), request.method, request.url.path, error)
         now = time.monotonic()
         if now - self._logged_at < self.interval:
-            first = self._left_out_span[0] if self._left_out else time.time()
+            self._last_left_out = time.time()
+            if not self._left_out:
+                self._first_left_out = self._last_left_out
             self._left_out += 1
-            self._left_out_span = (first, time.time())
             logger.debug(line, *details)
             return
 
@@ -261,7 +264,7 @@ class OutageLog:
             logger.warning(
                 "%d more requests failed because the backend was unavailable, from %s to %s "
                 "(logged at DEBUG)",
-                self._left_out, *(_clock_time(moment) for moment in self._left_out_span),
+                self._left_out, _clock_time(self._first_left_out), _clock_time(self._last_left_out),
             )
         self._logged_at = now
         self._left_out = 0
@@ -327,7 +330,7 @@ def _describe(item: dict[str, Any], request: Request, accepted_fields: list[str]
 # The rules behind the patterns of the request fields, in words, so that an error states the
 # rule instead of a regular expression.
 _PATTERN_RULES = {
-    "name": "a handler name of 1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'",
+    "name": f"a handler name of {HANDLER_NAME_RULE}",
     "queue": "a queue name of 1 to 64 letters, digits, '-', '_' or '.'",
     "unique_key": "1 to 255 visible ASCII characters without spaces",
     "timeout": "a number of seconds or a duration such as 500ms or 30s",

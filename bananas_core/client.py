@@ -26,7 +26,7 @@ from bananas_core.durations import parse_duration
 from bananas_core.errors import BackendError, BananasError, JobConflict, PayloadTooLarge
 from bananas_core.job import Job, JobStatus, NewJob, Priority, new_job_draft, now_ms
 from bananas_core.plugins import Plugins, load_configured_plugins, notify
-from bananas_core.registry import HANDLER_NAME
+from bananas_core.registry import HANDLER_NAME, HANDLER_NAME_RULE
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -467,8 +467,7 @@ def _check_names(spec: JobSpec, where: str) -> None:
     # A name that no plugin could register would only ever reach the dead letter queue.
     if not isinstance(spec.name, str) or not HANDLER_NAME.fullmatch(spec.name):
         raise BananasError(
-            f"invalid name {spec.name!r} of {where}: expected a handler name of 1 to 128 "
-            "letters, digits, '_', '.', ':' or '-', starting with a letter or '_'"
+            f"invalid name {spec.name!r} of {where}: expected a handler name of {HANDLER_NAME_RULE}"
         )
 
     for option, value in (("queue", spec.queue), ("unique key", spec.unique_key)):

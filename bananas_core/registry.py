@@ -17,6 +17,7 @@ from bananas_core.retry_policies import RetryPolicy, get_policy
 
 ISOLATION_MODES = ("none", "process")
 HANDLER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$")
+HANDLER_NAME_RULE = "1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'"
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # the rule of the QUEUE setting
 MAX_RETRIES_LIMIT = 100  # the upper bound of the MAX_RETRIES setting
 # Payload keys with this prefix carry plugins' metadata, such as a trace context. Schemas
@@ -122,7 +123,7 @@ class HandlerRegistry:
         if not isinstance(name, str) or not HANDLER_NAME.fullmatch(name):
             raise PluginError(
                 f"plugin {self.current_plugin!r} registered an invalid handler name {name!r}: "
-                "use 1 to 128 letters, digits, '_', '.', ':' or '-', starting with a letter or '_'"
+                f"use {HANDLER_NAME_RULE}"
             )
         if not callable(function):
             raise PluginError(

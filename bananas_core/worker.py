@@ -51,7 +51,6 @@ BACKOFF_MAX = 10.0  # seconds between attempts to reach an unreachable backend, 
 _BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", None)
 
 
-
 def _lease_clock() -> float:
     """Return seconds from a fixed point, for measuring how old a lease is."""
     if _BOOT_CLOCK is None:
@@ -468,8 +467,10 @@ class Worker:
         if not leased:
             return
         # A job leased again while an older delivery of it waits: the older token is dead.
-        leased_ids = {job.id for job in leased}
-        self._drop_unstarted([job for job in self._ready if job.id in leased_ids])
+        # After the filter above, a job id that is still in ``running`` names an older delivery.
+        older = [self.running[job.id] for job in leased if job.id in self.running]
+        if older:
+            self._drop_unstarted(older)
         for job in leased:
             self.running[job.id] = job
             self._leased_at[job.id] = leased_at

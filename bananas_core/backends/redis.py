@@ -10,10 +10,10 @@ import json
 import logging
 import sys
 import time
-from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import hiredis
