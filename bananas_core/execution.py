@@ -12,8 +12,8 @@ import anyio
 
 from bananas_core.context import JobContext
 from bananas_core.errors import PermanentError
-from bananas_core.job import JobError
 from bananas_core.isolation import HandlerFailed, run_in_process
+from bananas_core.job import Job, JobError
 from bananas_core.registry import Handler
 
 TRACEBACK_MAX_CHARS = 4000
@@ -37,16 +37,16 @@ class InvalidResult(PermanentError):
 
 
 async def run_handler(
-    handler: Handler, context: JobContext, limiter: anyio.CapacityLimiter
+    handler: Handler, job: Job, context: JobContext | None, limiter: anyio.CapacityLimiter
 ) -> Any:
     """Call ``handler`` with the job's payload and return its JSON-serialisable result.
 
     Async handlers run on the event loop and are cancelled at the timeout. Sync handlers run
     in a worker thread from ``limiter``, and handlers registered with ``isolation="process"``
     in a child process that is killed at the timeout. Raises JobTimeout after ``job.timeout``
-    seconds.
+    seconds. ``context`` may be None only for a handler that takes no context and runs in this
+    process.
     """
-    job = context.job
     if handler.isolation != "process":
         # A schema turns the payload into its model here; an isolated child does it itself.
         payload = handler.prepare_payload(job.payload)
@@ -54,6 +54,7 @@ async def run_handler(
 
     with anyio.move_on_after(job.timeout) as scope:
         if handler.isolation == "process":
+            assert context is not None, "an isolated handler needs the job's context"
             result = await run_in_process(handler, context)
         elif handler.is_async:
             result = await handler.function(*arguments)

@@ -121,42 +121,96 @@ class Job(BaseModel):
 
     @classmethod
     def from_record(cls, raw: str | bytes) -> Job:
-        """Decode a record written by ``to_record`` or changed by a Lua script."""
+        """Decode a record written by ``to_record`` or changed by a Lua script.
+
+        Raises ValueError, KeyError or TypeError for a record that is not a job's.
+        """
         record = orjson.loads(raw)
-        # Only the fields a record contains are passed: a worker decodes every job it leases,
-        # and each keyword left out saves pydantic a validation (5.0 to 4.1 us per record).
+        if not isinstance(record, dict):
+            raise TypeError(f"invalid job record: {type(record).__name__}, expected an object")
+        # Each value is converted to its field's type here, and the model is built without
+        # pydantic's validation: every record is a job's own, checked when it was submitted.
+        # On an idle worker's pickup, 20 ms after the last, decoding took 91 and 92 us with
+        # validation and 69 and 72 without (measured here). A test checks that both give the
+        # same job.
         fields: dict[str, Any] = {
-            "id": record["id"],
-            "name": record["name"],
-            "queue": record.get("queue", "default"),
-            "payload": _decode_nested(record.get("payload") or "{}"),
-            "priority": record["priority"],
-            "status": record["status"],
+            "id": _text(record, "id"),
+            "name": _text(record, "name"),
+            "queue": _text(record, "queue", "default"),
+            "payload": _decode_payload(record.get("payload") or "{}"),
+            "priority": _member(Priority, record["priority"]),
+            "status": _member(JobStatus, record["status"]),
             "attempts": int(record.get("attempts", 0)),
             "retries": int(record.get("retries", 0)),
             "crashes": int(record.get("crashes", 0)),
             "max_retries": int(record.get("max_retries", 0)),
             "timeout": record.get("timeout_ms", 300_000) / 1000,
-            "created_at": from_ms(record["created_at"]),
+            "created_at": from_ms(_number(record, "created_at")),
             "token": int(record.get("token", 0)),
         }
         for key in _RECORD_TIMES:
             if record.get(key) is not None:
                 fields[key] = from_ms(record[key])
-        for key in _RECORD_VALUES:
+        progress = record.get("progress")
+        if progress is not None:
+            fields["progress"] = float(progress)
+        for key in _RECORD_TEXTS:
             if record.get(key) is not None:
-                fields[key] = record[key]
+                fields[key] = _text(record, key)
         error = record.get("error")
         if error:
             fields["error"] = JobError.model_validate_json(error)
         if record.get("result") is not None:
             fields["result"] = _decode_nested(record["result"])
-        return cls(**fields)
+        return cls._from_fields(fields)
+
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> Job:
+        # What BaseModel.model_construct does, without its loop over every field, which took
+        # longer than the validation it skips.
+        job = cls.__new__(cls)
+        _set_attribute(job, "__dict__", {**_UNSET_FIELDS, **fields})
+        _set_attribute(job, "__pydantic_fields_set__", set(fields))
+        _set_attribute(job, "__pydantic_extra__", None)
+        _set_attribute(job, "__pydantic_private__", None)
+        return job
 
 
-# Optional record fields: times in ms since the epoch, and values stored as they are.
+# Optional record fields: times in ms since the epoch, and text.
 _RECORD_TIMES = ("started_at", "finished_at", "run_at")
-_RECORD_VALUES = ("progress", "progress_message", "worker")
+_RECORD_TEXTS = ("progress_message", "worker")
+# Every field in the model's order, which its JSON follows. The fields a record may leave out
+# are None by default; from_record gives every other field a value.
+_UNSET_FIELDS: dict[str, Any] = dict.fromkeys(Job.model_fields)
+_set_attribute = object.__setattr__
+
+
+def _text(record: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = record.get(key, default)
+    if not isinstance(value, str):
+        raise TypeError(f"invalid job record: {key} is {value!r}, expected a string")
+    return value
+
+
+def _number(record: dict[str, Any], key: str) -> float:
+    value = record[key]
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"invalid job record: {key} is {value!r}, expected a number")
+    return value
+
+
+def _member(kind: type[Enum], value: object) -> Any:
+    member = kind._value2member_map_.get(value)  # type: ignore[arg-type]
+    if member is None:
+        raise ValueError(f"invalid job record: {kind.__name__} {value!r} does not exist")
+    return member
+
+
+def _decode_payload(text: str) -> dict[str, Any]:
+    payload = _decode_nested(text)
+    if not isinstance(payload, dict):
+        raise TypeError(f"invalid job record: its payload is {type(payload).__name__}, expected an object")
+    return payload
 
 
 def _decode_nested(text: str) -> Any:

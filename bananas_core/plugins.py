@@ -238,10 +238,12 @@ async def notify(manager: pluggy.PluginManager, hook_name: str, **kwargs: Any) -
 async def call_job_wrappers(
     manager: pluggy.PluginManager,
     job: Job,
-    context: JobContext,
+    context: JobContext | None,
     run: Callable[[], Awaitable[Any]],
 ) -> Any:
     """Run ``run`` (the handler) inside every ``bananas_wrap_job`` implementation.
+
+    ``context`` may be None only when no plugin wraps jobs.
 
     The plugin registered last is the outermost wrapper. Returns what the outermost wrapper
     returns, or what ``run`` returns when no plugin wraps jobs. An exception of a wrapper or
