@@ -53,7 +53,7 @@ from bananas_core.errors import (
     ScheduleNotFound,
 )
 from bananas_core.job import Job, Priority, from_ms, new_job
-from bananas_core.registry import HANDLER_NAME, QUEUE_NAME, HandlerRegistry
+from bananas_core.registry import HANDLER_NAME, HANDLER_NAME_RULE, QUEUE_NAME, HandlerRegistry
 from bananas_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -118,11 +118,8 @@ class Schedule:
 
     def __post_init__(self) -> None:
         where = f"schedule {self.name!r}"
-        if not isinstance(self.name, str) or not SCHEDULE_NAME.match(self.name):
-            raise ConfigError(
-                f"invalid schedule name {self.name!r}: use 1 to 128 letters, digits, '_', '.', "
-                "':' or '-', starting with a letter or '_'"
-            )
+        if not isinstance(self.name, str) or not SCHEDULE_NAME.fullmatch(self.name):
+            raise ConfigError(f"invalid schedule name {self.name!r}: use {HANDLER_NAME_RULE}")
         if not isinstance(self.job, str) or not HANDLER_NAME.fullmatch(self.job):
             raise ConfigError(f"{where} has an invalid job {self.job!r}: give a handler name")
         if not isinstance(self.payload, dict):

@@ -72,6 +72,7 @@ async def simulate(backend: Backend, schedules: list[Schedule], start: datetime,
     ("options", "expected"),
     [
         ({"name": "bad name"}, "invalid schedule name 'bad name'"),
+        ({"name": "nightly\n"}, "invalid schedule name 'nightly.n': use 1 to 128"),
         ({"cron": "* * *"}, "invalid cron expression '* * *': give 5 fields"),
         ({"cron": "61 * * * *"}, "invalid cron expression '61 * * * *': Bad minute"),
         ({"cron": "70 * * * * *"}, "invalid seconds field '70'"),
