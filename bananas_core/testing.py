@@ -255,7 +255,7 @@ async def _run_one(
             prepared = handler.prepare_payload(job.payload)
             context = _with_job(context, job.model_copy(update={"payload": prepared}))
         result = await call_job_wrappers(
-            manager, job, context, lambda: run_handler(handler, job, context, limiter)
+            manager, job, context, lambda: run_handler(handler, context.job, context, limiter)
         )
     except Exception as error:  # noqa: BLE001 - any error of a handler fails its run, as in the worker
         await _record_failure(backend, plugins, job, error)

@@ -117,6 +117,23 @@ async def test_schema_model_reaches_handler(bananas_queue: MemoryQueue) -> None:
 
 
 @pytest.mark.anyio
+async def test_schema_model_is_context_payload(bananas_queue: MemoryQueue) -> None:
+    received: list[tuple[object, object]] = []
+
+    def ship(order: Order, ctx: JobContext) -> int:
+        received.append((order, ctx.job.payload))
+        return order.count
+
+    bananas_queue.register("ship", ship, schema=Order)
+    await bananas_queue.enqueue("ship", {"item": "banana", "count": 3})
+
+    await bananas_queue.run_all()
+
+    [(order, context_payload)] = received
+    assert order is context_payload
+
+
+@pytest.mark.anyio
 async def test_handler_defaults_route_to_queue(bananas_queue: MemoryQueue) -> None:
     bananas_queue.register("bill", lambda payload: "billed", queue="billing", max_retries=0, priority="high")
 
