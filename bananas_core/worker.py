@@ -151,6 +151,7 @@ class Worker:
 
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._flush_stats()
+            await self._release_lost_leases()
             try:
                 await self.backend.deregister_worker(self.id)
             except BackendError as error:
@@ -314,8 +315,8 @@ class Worker:
                 self._wakers.add(wake)
                 # A lease call in flight may bring jobs that the recovery would find as well,
                 # so the recovery waits for its reply, and no new lease goes out meanwhile.
-                # NOTE: a stopping worker does not recover: such jobs wait for their lease
-                # to expire.
+                # A stopping worker does not run such jobs: it returns them to their queue
+                # once its work is over (_release_lost_leases).
                 recovering = (self._leases_unknown or self._recovering) and not self._stopping
                 if recovering and not self._recovering and not self._leasing and not self._blocked:
                     if not await self._recover_leases():
@@ -455,6 +456,32 @@ class Worker:
             )
             self._dispatch(found, renewed_at)
         return True
+
+    async def _release_lost_leases(self) -> None:
+        """Return to their queue the jobs that calls with lost replies leased to this stopped worker.
+
+        A stopping worker does not recover such jobs to run them. Without this, they would wait
+        for their lease to expire, and count as a crash.
+        """
+        if not self._leases_unknown:
+            return
+        try:
+            leased = await self.backend.leased_to(self.id)
+            # Nothing runs any more, so a job still leased here came in a lost reply. The last
+            # goes back first, so that the LPUSHes restore the queue's order.
+            for job in reversed([job for job in leased if not self._holds(job)]):
+                if await self.backend.release(job):
+                    logger.warning(
+                        "Worker %s returned job %s:%s, leased by a call whose reply was lost, "
+                        "to the head of its queue",
+                        self.id, job.id, job.name,
+                    )
+        except BackendError as error:
+            logger.warning(
+                "Worker %s could not return the jobs leased by calls whose replies were lost; "
+                "they go back to their queue when their lease expires: %s",
+                self.id, error,
+            )
 
     def _holds(self, job: Job) -> bool:
         """Return True if this worker already has this delivery of ``job``."""
@@ -681,7 +708,7 @@ class Worker:
         return _Finished(RunOutcome(job, "completed", encoded), time.monotonic() - started, result=result)
 
     def _needs_context(self, handler: Handler) -> bool:
-        # Most handlers take only the payload. Without a wrapper, nothing else sees the context,
+        # Most handlers take only the payload. Without a wrapper, nothing else reads the context,
         # and on an idle worker's pickup, building it took about 15 us (measured here).
         return handler.takes_context or handler.isolation == "process" or self._observed("bananas_wrap_job")
 

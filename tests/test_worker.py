@@ -715,6 +715,44 @@ async def test_lost_lease_reply_runs_job_at_once(
     assert f"found 1 jobs leased by calls whose replies were lost, and runs them: {lost[0]}" in caplog.text
 
 
+async def test_stopping_worker_returns_lost_reply_jobs(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1)
+    plugins = load_plugins(settings.plugin_modules)
+    backend = create_backend(plugins.manager, settings)
+    worker = Worker(settings, backend, plugins)
+    wait_and_lease = RedisBackend.wait_and_lease
+    lost: list[str] = []
+
+    async def stop_and_lose_reply(self: RedisBackend, *args: Any) -> list[Job]:
+        leased = await wait_and_lease(self, *args)
+        if leased:
+            lost.extend(job.id for job in leased)
+            worker.stop()
+            raise BackendError("Redis at test failed: ConnectionError: reply lost on purpose")
+        return leased
+
+    monkeypatch.setattr(RedisBackend, "wait_and_lease", stop_and_lose_reply)
+    client = Client(settings, plugins=plugins, backend=backend)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: worker.run(handle_signals=False))
+            with anyio.fail_after(5):
+                while not worker._blocked:
+                    await anyio.sleep(0.01)
+            job = await client.submit("echo", {})
+        returned = await backend.get_job(job.id)
+    finally:
+        await backend.close()
+
+    assert lost == [job.id]
+    assert returned.status is JobStatus.pending
+    assert returned.crashes == 0
+    assert returned.attempts == 0
+    assert f"returned job {job.id}:echo, leased by a call whose reply was lost" in caplog.text
+
+
 async def test_recovery_waits_for_lease_in_flight(
     backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
