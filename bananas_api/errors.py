@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bananas_api.request_id import current_request_id
-from bananas_core.client import MAX_PAYLOAD_DEPTH
+from bananas_core.client import MAX_DELAY_SECONDS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT_SECONDS, MIN_TIMEOUT_SECONDS
 from bananas_core.errors import BackendError, JobConflict, JobNotFound
 from bananas_core.registry import HANDLER_NAME_RULE
 
@@ -320,6 +320,8 @@ def _describe(item: dict[str, Any], request: Request, accepted_fields: list[str]
 
     if kind == "string_pattern_mismatch" and location and location[-1] in _PATTERN_RULES:
         return f"Expected {_PATTERN_RULES[location[-1]]} (got {_show(value)})"
+    if kind in _RANGE_ERRORS and location and location[-1] in _RANGE_RULES:
+        return f"Expected {_RANGE_RULES[location[-1]]} (got {_show(value)})"
 
     message = str(item.get("msg", "Invalid value"))
     if kind != "missing":
@@ -334,6 +336,20 @@ _PATTERN_RULES = {
     "queue": "a queue name of 1 to 64 letters, digits, '-', '_' or '.'",
     "unique_key": "1 to 255 visible ASCII characters without spaces",
     "timeout": "a number of seconds or a duration such as 500ms or 30s",
+}
+
+
+# The ranges of the duration fields, in words with examples, in place of pydantic's bare bound.
+_RANGE_ERRORS = {"greater_than_equal", "less_than_equal"}
+_RANGE_RULES = {
+    "timeout": (
+        f"a timeout of {MIN_TIMEOUT_SECONDS:g} to {MAX_TIMEOUT_SECONDS:,.0f} seconds "
+        f"({MAX_TIMEOUT_SECONDS / 86400:g} days), such as 30s or 5m"
+    ),
+    "delay": (
+        f"a delay of 0 to {MAX_DELAY_SECONDS:,.0f} seconds ({MAX_DELAY_SECONDS / 86400:g} days), "
+        "such as 10s or 2h"
+    ),
 }
 
 

@@ -235,9 +235,10 @@ async def test_post_unknown_priority_is_rejected(client: httpx.AsyncClient) -> N
     [
         ("delay", "soon", "invalid duration 'soon'"),
         ("delay", -5, "invalid duration -5: expected 0 or more seconds"),
-        ("delay", 400 * 86400, "less than or equal to"),
-        ("timeout", 0, "greater than or equal to 0.001"),
-        ("timeout", "0.5ms", "greater than or equal to 0.001"),
+        ("delay", 400 * 86400, "Expected a delay of 0 to 31,622,400 seconds (366 days), such as 10s or 2h (got 34560000)"),
+        ("timeout", 0, "Expected a timeout of 0.001 to 604,800 seconds (7 days), such as 30s or 5m (got 0)"),
+        ("timeout", "0.5ms", "(got '0.5ms')"),
+        ("timeout", "8d", "Expected a timeout of 0.001 to 604,800 seconds"),
         ("max_retries", 101, "less than or equal to 100"),
         ("max_retries", -1, "greater than or equal to 0"),
         ("max_retries", True, "valid integer"),
