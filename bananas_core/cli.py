@@ -313,6 +313,7 @@ def _exit_without_abandoned_threads() -> None:
 
 def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
     from bananas_core.client import Client
+    from bananas_core.registry import HANDLER_NAME
 
     try:
         payload = json.loads(args.payload)
@@ -325,7 +326,8 @@ def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
 
     async def submit() -> None:
         async with Client(settings) as client:
-            if args.name not in client.plugins.registry:
+            # A name no plugin could register gets the rule it breaks, not a list of handlers.
+            if HANDLER_NAME.fullmatch(args.name) and args.name not in client.plugins.registry:
                 installed = ", ".join(client.plugins.registry.names()) or "none"
                 raise ConfigError(
                     f"unknown handler {args.name!r}: installed handlers are {installed}; "

@@ -184,3 +184,18 @@ def test_enqueue_rejects_bad_duration(run: Any) -> None:
     assert code == EXIT_USAGE
     assert "invalid duration '5x'" in err
     assert "30s, 5m" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("send email", "invalid name 'send email' of job: expected a handler name of 1 to 128"),
+        ("no_such_handler", "unknown handler 'no_such_handler': installed handlers are"),
+    ],
+)
+def test_enqueue_names_bad_handler_name(run: Any, name: str, expected: str) -> None:
+    code, out, err = run("enqueue", name)
+
+    assert code == EXIT_USAGE
+    assert out == ""
+    assert expected in err
