@@ -1,4 +1,4 @@
-"""Parsing of single email addresses, with or without a display name."""
+"""Parsing and formatting of single email addresses, with or without a display name."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def parse_address(value: object) -> Address:
     if not address.username or not address.domain:
         raise ValueError(f"{value!r} is not an email address such as ada@example.com")
     return address
+
+
+def format_address(address: Address) -> str:
+    """Format ``address`` as a string that ``parse_address`` turns back into an equal Address.
+
+    A display name is always quoted, with backslashes and double quotes escaped. ``str()``
+    leaves some names unquoted, and the parser then drops their leading, trailing and
+    repeated spaces. Non-ASCII characters are kept as they are, not encoded as RFC 2047
+    words, because ``parse_address`` does not decode those.
+    """
+    if not address.display_name:
+        return address.addr_spec
+    escaped = address.display_name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}" <{address.addr_spec}>'

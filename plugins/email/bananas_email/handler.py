@@ -21,10 +21,13 @@ from bananas_email.settings import SmtpSettings, load_smtp_settings
 logger = logging.getLogger(__name__)
 
 
-def send_email(payload: dict[str, Any], ctx: JobContext | None = None) -> dict[str, Any]:
+def send_email(
+    payload: EmailPayload | dict[str, Any], ctx: JobContext | None = None
+) -> dict[str, Any]:
     """Send one plain-text email over SMTP and return its Message-ID and recipients.
 
-    The SMTP_* settings are read on every call. The result is
+    ``payload`` is the EmailPayload that the worker builds from the stored payload, or a
+    dict, which is validated here. The SMTP_* settings are read on every call. The result is
     ``{"message_id": str, "accepted": [address, ...], "refused": {address: "code text"}}``.
     ``refused`` lists recipients that the server rejected while it accepted others. Such a
     message is not retried, because a retry would send it to the accepted recipients again.
@@ -33,7 +36,7 @@ def send_email(payload: dict[str, Any], ctx: JobContext | None = None) -> dict[s
     5xx code. Other errors, such as a refused connection, a timeout or a 4xx reply, are
     raised unchanged so that the worker retries the job.
     """
-    email = parse_payload(payload)
+    email = payload if isinstance(payload, EmailPayload) else parse_payload(payload)
     settings = load_smtp_settings()
     sender = email.sender or parse_address(settings.SMTP_FROM)
     message = build_message(email, sender)

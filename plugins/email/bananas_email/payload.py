@@ -10,19 +10,26 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from bananas_core import PermanentError
-from bananas_email.addresses import parse_address
+from bananas_core.registry import RESERVED_PAYLOAD_PREFIX
+from bananas_email.addresses import format_address, parse_address
 
 # RFC 5321 section 4.5.3.1.8 requires servers to accept at least 100 recipients per
 # message, so a larger message may be cut short by a compliant server.
 MAX_RECIPIENTS = 100
 
-EmailAddress = Annotated[Address, BeforeValidator(parse_address)]
+# The JSON form is what the core stores for a submitted job and parses again when it runs.
+EmailAddress = Annotated[
+    Address,
+    BeforeValidator(parse_address),
+    PlainSerializer(format_address, return_type=str, when_used="json"),
+]
 
 # How to fix each field, appended to the PermanentError that names it.
 _FIXES = {
@@ -38,7 +45,7 @@ _FIXES = {
 
 
 class EmailPayload(BaseModel):
-    """A validated ``send_email`` payload."""
+    """A validated ``send_email`` payload, and the schema of the handler."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
@@ -86,18 +93,25 @@ class EmailPayload(BaseModel):
 def parse_payload(payload: object) -> EmailPayload:
     """Validate a ``send_email`` payload.
 
-    Raises PermanentError that names each invalid, missing or unknown field and how to fix it.
+    Keys that start with ``_bananas`` carry plugins' metadata and are left out, as the
+    core leaves them out of a handler's schema. Raises PermanentError that names each
+    invalid, missing or unknown field and how to fix it.
     """
     if not isinstance(payload, dict):
         raise PermanentError(
             f"invalid send_email payload: expected a JSON object with to, subject and body, "
             f"got {type(payload).__name__}"
         )
+    fields = {key: value for key, value in payload.items() if not _is_reserved(key)}
     try:
-        return EmailPayload.model_validate(payload)
+        return EmailPayload.model_validate(fields)
     except ValidationError as error:
         problems = [_describe(detail) for detail in error.errors()]
         raise PermanentError("invalid send_email payload:\n  " + "\n  ".join(problems)) from error
+
+
+def _is_reserved(key: object) -> bool:
+    return isinstance(key, str) and key.startswith(RESERVED_PAYLOAD_PREFIX)
 
 
 def _describe(detail: Any) -> str:

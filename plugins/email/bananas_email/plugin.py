@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from bananas_core import HandlerRegistry, hookimpl
 from bananas_email.handler import send_email
+from bananas_email.payload import EmailPayload
 
 
 @hookimpl
 def bananas_register_handlers(registry: HandlerRegistry) -> None:
-    """Register ``send_email``."""
-    registry.register("send_email", send_email)
+    """Register ``send_email``, whose payload is checked against EmailPayload at submission."""
+    registry.register("send_email", send_email, schema=EmailPayload)

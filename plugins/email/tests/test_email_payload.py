@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bananas_email import parse_payload, send_email
+from bananas_email import EmailPayload, parse_payload, send_email
+from bananas_email.addresses import format_address, parse_address
 from bananas_email.payload import MAX_RECIPIENTS
 
 from bananas_core import PermanentError
@@ -112,3 +113,61 @@ def test_send_email_rejects_payload_before_connecting(monkeypatch: pytest.Monkey
         send_email(with_changes(subject=None))
 
     assert "missing field 'subject'" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ada@example.com",
+        "Ada Lovelace <ada@example.com>",
+        '"Lovelace, Ada" <ada@example.com>',
+        "Zoë Ångström <zoe@exämple.org>",
+        '"Ada \\"The Countess\\" L." <ada@example.com>',
+        '"back\\\\slash" <b@example.com>',
+        '"  Ada   Lovelace " <ada@example.com>',
+        '"Ada (admin) <root>" <ada@example.com>',
+        '"ada@home" <ada@example.com>',
+        "O'Brien <ob@example.com>",
+        '"=?utf-8?q?Zo=C3=AB?=" <zoe@example.com>',
+        '"john doe"@example.com',
+        "ada@[192.0.2.1]",
+    ],
+)
+def test_format_address_parses_back(text: str) -> None:
+    address = parse_address(text)
+
+    formatted = format_address(address)
+
+    assert parse_address(formatted) == address
+    assert parse_address(formatted).display_name == address.display_name
+
+
+def test_payload_json_dump_parses_back() -> None:
+    email = parse_payload(
+        {
+            "to": ["Zoë Ångström <zoe@example.com>", "grace@example.com"],
+            "cc": '"Lovelace, Ada" <ada@example.com>',
+            "reply_to": ['"Support \\"24/7\\"" <help@example.com>'],
+            "subject": "Hi",
+            "body": "x",
+            "from": "Reports <reports@example.org>",
+        }
+    )
+
+    dumped = email.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    assert dumped == {
+        "to": ['"Zoë Ångström" <zoe@example.com>', "grace@example.com"],
+        "cc": ['"Lovelace, Ada" <ada@example.com>'],
+        "reply_to": ['"Support \\"24/7\\"" <help@example.com>'],
+        "subject": "Hi",
+        "body": "x",
+        "from": '"Reports" <reports@example.org>',
+    }
+    assert EmailPayload.model_validate(dumped) == email
+
+
+def test_payload_ignores_reserved_keys() -> None:
+    email = parse_payload(with_changes(_bananas_trace={"traceparent": "00-1-2-01"}))
+
+    assert email == parse_payload(VALID)

@@ -13,12 +13,14 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.parser import BytesParser
 
+import bananas_email.handler
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from bananas_email import send_email
+from bananas_email import parse_payload, send_email
 
-from bananas_core import Job, JobContext, PermanentError
+from bananas_core import Job, JobContext, JobStatus, PermanentError
+from bananas_core.testing import MemoryQueue
 
 VALID_LOGIN = ("mailer", "s3cret-pass")
 
@@ -432,3 +434,48 @@ def test_send_email_without_smtputf8_is_permanent(monkeypatch: pytest.MonkeyPatc
 
     assert "SMTPUTF8" in str(raised.value)
     assert server.handler.received == []
+
+
+@pytest.mark.anyio
+async def test_queued_job_passes_model_to_handler(
+    smtp_server: SmtpServer, bananas_queue: MemoryQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail_on_dict(payload: object) -> None:
+        raise AssertionError(f"send_email received a dict, not an EmailPayload: {payload!r}")
+
+    # The handler parses only a dict, so this fails the job if the worker passes one.
+    monkeypatch.setattr(bananas_email.handler, "parse_payload", fail_on_dict)
+    payload = {
+        "to": ["Zoë Ångström <zoe@example.com>", '"Lovelace, Ada" <ada@example.com>'],
+        "subject": "Hi",
+        "body": "x",
+        "from": '"Reports \\"Q2\\"" <reports@example.org>',
+    }
+
+    job = await bananas_queue.enqueue("send_email", payload)
+    await bananas_queue.run_all()
+    done = await bananas_queue.get(job.id)
+
+    assert job.payload == {
+        "to": ['"Zoë Ångström" <zoe@example.com>', '"Lovelace, Ada" <ada@example.com>'],
+        "subject": "Hi",
+        "body": "x",
+        "from": '"Reports \\"Q2\\"" <reports@example.org>',
+    }
+    assert done.status is JobStatus.completed, done.error
+    message = smtp_server.handler.received[0].message
+    assert [address.display_name for address in message["To"].addresses] == [
+        "Zoë Ångström",
+        "Lovelace, Ada",
+    ]
+    assert message["From"].addresses[0].display_name == 'Reports "Q2"'
+    assert smtp_server.handler.received[0].mail_from == "reports@example.org"
+
+
+def test_send_email_accepts_model(smtp_server: SmtpServer) -> None:
+    email = parse_payload({"to": "ada@example.com", "subject": "Hi", "body": "x"})
+
+    result = send_email(email)
+
+    assert result["accepted"] == ["ada@example.com"]
+    assert len(smtp_server.handler.received) == 1
