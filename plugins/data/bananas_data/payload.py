@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from bananas_core import PermanentError
+from bananas_core.registry import RESERVED_PAYLOAD_PREFIX
 
 FieldName = Annotated[str, StringConstraints(min_length=1)]
 
@@ -32,7 +33,7 @@ _FIXES = {
 
 
 class DataPayload(BaseModel):
-    """A ``process_data`` payload whose shape is valid."""
+    """A ``process_data`` payload whose shape is valid, and the schema of the handler."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,30 +46,56 @@ class DataPayload(BaseModel):
     @classmethod
     def _check_record_count(cls, records: Any, info: ValidationInfo) -> Any:
         # Checked before pydantic copies the list, so an oversized payload fails fast.
+        # NOTE: the core validates payloads without a context, at submission and when the job
+        # runs, so only parse_payload applies the limit here. The handler calls
+        # check_record_limit on the model that the worker passes. Submission cannot check
+        # it, because DATA_MAX_RECORDS is read in the worker, and the process that submits
+        # may have another value.
         max_records = (info.context or {}).get("max_records")
         if isinstance(records, list) and max_records is not None and len(records) > max_records:
-            raise ValueError(
-                f"contains {len(records)} records, more than DATA_MAX_RECORDS={max_records}: "
-                "split the records over several jobs, or raise DATA_MAX_RECORDS"
-            )
+            raise ValueError(_too_many_records(len(records), max_records))
         return records
 
 
 def parse_payload(payload: object, max_records: int) -> DataPayload:
     """Validate the shape of a ``process_data`` payload.
 
-    Raises PermanentError that names each invalid, missing or unknown field and how to fix it.
+    Keys that start with ``_bananas`` carry plugins' metadata and are left out, as the
+    core leaves them out of a handler's schema. Raises PermanentError that names each
+    invalid, missing or unknown field and how to fix it.
     """
     if not isinstance(payload, dict):
         raise PermanentError(
             "invalid process_data payload: expected a JSON object with records and value, "
             f"got {type(payload).__name__}"
         )
+    fields = {key: value for key, value in payload.items() if not _is_reserved(key)}
     try:
-        return DataPayload.model_validate(payload, context={"max_records": max_records})
+        return DataPayload.model_validate(fields, context={"max_records": max_records})
     except ValidationError as error:
         problems = [_describe(detail) for detail in error.errors()]
         raise PermanentError("invalid process_data payload:\n  " + "\n  ".join(problems)) from error
+
+
+def check_record_limit(data: DataPayload, max_records: int) -> None:
+    """Check a validated payload against the DATA_MAX_RECORDS limit ``max_records``.
+
+    Raises the PermanentError that parse_payload raises for the same payload.
+    """
+    if len(data.records) > max_records:
+        reason = _too_many_records(len(data.records), max_records)
+        raise PermanentError(f"invalid process_data payload:\n  invalid field 'records': {reason}")
+
+
+def _too_many_records(count: int, max_records: int) -> str:
+    return (
+        f"contains {count} records, more than DATA_MAX_RECORDS={max_records}: "
+        "split the records over several jobs, or raise DATA_MAX_RECORDS"
+    )
+
+
+def _is_reserved(key: object) -> bool:
+    return isinstance(key, str) and key.startswith(RESERVED_PAYLOAD_PREFIX)
 
 
 def _describe(detail: Any) -> str:

@@ -7,12 +7,14 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
+import bananas_data.handler
 import pytest
-from bananas_data import process_data
+from bananas_data import DataPayload, process_data
 from bananas_data.aggregate import MAX_REPORTED_ERRORS
 
-from bananas_core import Job, JobContext, PermanentError
+from bananas_core import Job, JobContext, JobStatus, PermanentError
 from bananas_core.context import job_logger
+from bananas_core.testing import MemoryQueue
 
 
 @pytest.fixture(autouse=True)
@@ -321,3 +323,66 @@ def test_invalid_record_limit_setting(monkeypatch: pytest.MonkeyPatch, setting: 
         process_data(VALID)
 
     assert f"DATA_MAX_RECORDS={setting!r}" in str(raised.value)
+
+
+def test_record_limit_applies_to_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker passes a DataPayload that the core validated without the limit.
+    data = DataPayload.model_validate({"records": amounts(1, 2, 3, 4), "value": "amount"})
+    monkeypatch.setenv("DATA_MAX_RECORDS", "4")
+    accepted = process_data(data)
+
+    monkeypatch.setenv("DATA_MAX_RECORDS", "3")
+    with pytest.raises(PermanentError) as raised:
+        process_data(data)
+
+    assert accepted["count"] == 4
+    assert str(raised.value) == (
+        "invalid process_data payload:\n"
+        "  invalid field 'records': contains 4 records, more than DATA_MAX_RECORDS=3: "
+        "split the records over several jobs, or raise DATA_MAX_RECORDS"
+    )
+
+
+def test_payload_ignores_reserved_keys() -> None:
+    result = process_data(with_changes(_bananas_trace={"traceparent": "00-1-2-01"}))
+
+    assert result["count"] == 1
+
+
+@pytest.mark.anyio
+async def test_queued_job_passes_model_to_handler(
+    bananas_queue: MemoryQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail_on_dict(payload: object, max_records: int) -> None:
+        raise AssertionError(f"process_data received a dict, not a DataPayload: {payload!r}")
+
+    # The handler parses only a dict, so this fails the job if the worker passes one.
+    monkeypatch.setattr(bananas_data.handler, "parse_payload", fail_on_dict)
+
+    job = await bananas_queue.enqueue("process_data", {"records": amounts(2, 4), "value": "amount"})
+    await bananas_queue.run_all()
+    done = await bananas_queue.get(job.id)
+
+    assert job.payload == {"records": amounts(2, 4), "value": "amount"}
+    assert done.status is JobStatus.completed, done.error
+    assert done.result is not None
+    assert done.result["sum"] == 6
+
+
+@pytest.mark.anyio
+async def test_queued_job_over_record_limit_is_dead(
+    bananas_queue: MemoryQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATA_MAX_RECORDS", "3")
+
+    # Submission does not check DATA_MAX_RECORDS, which is read in the worker.
+    job = await bananas_queue.enqueue(
+        "process_data", {"records": amounts(1, 2, 3, 4), "value": "amount"}
+    )
+    await bananas_queue.run_all()
+    dead = await bananas_queue.get(job.id)
+
+    assert dead.status is JobStatus.dead
+    assert dead.attempts == 1
+    assert dead.error is not None
+    assert "contains 4 records, more than DATA_MAX_RECORDS=3" in dead.error.message
