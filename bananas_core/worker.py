@@ -47,6 +47,9 @@ IDLE_WAIT = 1.0  # seconds an idle worker blocks on the wake-up list before it c
 CONTROL_INTERVAL = 1.0  # seconds between checks for cancel requests and metric flushes
 REGISTER_RETRY = 1.0  # seconds between tries to register a worker whose registration failed
 BACKOFF_MAX = 10.0  # seconds between attempts to reach an unreachable backend, at most
+# Seconds a stopped worker gives Redis for its last writes: the jobs of lost lease replies, its
+# counters and its deregistration.
+STOP_WRITES_TIMEOUT = 5.0
 # Unlike time.monotonic(), CLOCK_BOOTTIME goes on while the machine is suspended, as the Redis
 # server's clock does, so lease ages measured with it include a suspend.
 _BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", None)
@@ -86,6 +89,7 @@ class Worker:
         # does not know: the call may have run and lost only its reply.
         self._leases_unknown = False
         self._recovering = False  # a task runs _recover_leases
+        self._unrecorded: set[str] = set()  # ids of runs whose outcome was given up on
         self._closing = False  # no more jobs come: idle slots return
         self._settling = 0  # slots waiting for their outcome to be recorded, to announce it
         self._settling_sent = 0  # those of them whose outcome is in an exchange call in flight
@@ -149,13 +153,22 @@ class Worker:
                 await self._work()
             services.cancel_scope.cancel()
 
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await self._flush_stats()
-            await self._release_lost_leases()
-            try:
-                await self.backend.deregister_worker(self.id)
-            except BackendError as error:
-                logger.warning("Worker %s could not deregister: %s", self.id, error)
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(STOP_WRITES_TIMEOUT) as writes:
+                # Jobs first: they wait in Redis, the counters only feed the metrics.
+                await self._release_lost_leases()
+                await self._flush_stats()
+                try:
+                    await self.backend.deregister_worker(self.id)
+                except BackendError as error:
+                    logger.warning("Worker %s could not deregister: %s", self.id, error)
+            if writes.cancelled_caught:
+                logger.warning(
+                    "Worker %s stopped before Redis replied to its last writes within %gs: jobs "
+                    "still leased to it return to their queue when their lease expires, and its "
+                    "registration expires after LEASE_TIMEOUT",
+                    self.id, STOP_WRITES_TIMEOUT,
+                )
         logger.info("Worker %s stopped", self.id)
 
     def stop(self) -> None:
@@ -467,10 +480,17 @@ class Worker:
             return
         try:
             leased = await self.backend.leased_to(self.id)
-            # Nothing runs any more, so a job still leased here came in a lost reply. The last
-            # goes back first, so that the LPUSHes restore the queue's order.
-            for job in reversed([job for job in leased if not self._holds(job)]):
-                if await self.backend.release(job):
+            # Nothing runs any more, so a job leased here that the worker does not hold came in
+            # a lost reply. A job whose outcome could not be recorded is the exception: it
+            # ran, and its lease is left to expire, so that the run counts as a crash.
+            lost = [job for job in leased if not self._holds(job) and job.id not in self._unrecorded]
+            # leased_to gives the order of the leases. The last goes back first, so that the
+            # LPUSHes leave the first job at the head of its list.
+            for job in reversed(lost):
+                released = await self.backend.release(job)
+                if released == Recorded.cancelled:
+                    self._cancelled_on_release(job, ", leased by a call whose reply was lost,")
+                elif released:
                     logger.warning(
                         "Worker %s returned job %s:%s, leased by a call whose reply was lost, "
                         "to the head of its queue",
@@ -576,6 +596,7 @@ class Worker:
                 continue
             job = entry.outcome.job
             self._forget(job)
+            self._unrecorded.add(job.id)
             logger.error(
                 "Could not record the outcome of job %s:%s; its lease will expire and it runs again",
                 job.id, job.name,
@@ -672,8 +693,18 @@ class Worker:
     async def _release(self, job: Job) -> None:
         released = await self._record(job, lambda: self.backend.release(job))
         self._forget(job)
-        if released:
+        if released == Recorded.cancelled:
+            self._cancelled_on_release(job, "")
+        elif released:
             logger.info("Returned job %s:%s to the head of its queue", job.id, job.name)
+
+    def _cancelled_on_release(self, job: Job, leased_by: str) -> None:
+        logger.info(
+            "Cancelled job %s:%s%s instead of returning it to its queue: its cancellation was "
+            "requested while it was leased",
+            job.id, job.name, leased_by,
+        )
+        self.stats.record(job.queue, job.name, Outcome.cancelled, _run_seconds(job), None)
 
     async def _execute(self, job: Job) -> _Finished:
         handler = self.plugins.registry.get(job.name)
@@ -844,7 +875,7 @@ class Worker:
             return handler.retry_policy.delay(job)
         return exponential_backoff(job)
 
-    async def _record(self, job: Job, write: Callable[[], Awaitable[bool]]) -> bool:
+    async def _record(self, job: Job, write: Callable[[], Awaitable[int]]) -> int:
         """Write a job's outcome, retrying while the backend is unreachable.
 
         Gives up after one lease period: by then the scheduler has returned the job to its

@@ -305,6 +305,24 @@ async def test_release_puts_job_at_head(backend: Backend) -> None:
     assert again.attempts == 1
 
 
+async def test_release_cancels_job_with_cancel_request(backend: Backend) -> None:
+    job, behind = make_job(), make_job()
+    await backend.enqueue(job)
+    await backend.enqueue(behind)
+    [leased] = await backend.claim(1, "w", 30)
+    assert (await backend.cancel_job(job.id))[0] == "requested"
+
+    released = await backend.release(leased)
+
+    assert released is Recorded.cancelled
+    cancelled = await backend.get_job(job.id)
+    assert cancelled.status is JobStatus.cancelled
+    assert cancelled.finished_at is not None
+    assert await backend.cancel_requested_at(leased) is None
+    [next_leased] = await backend.claim(10, "w", 30)
+    assert next_leased.id == behind.id
+
+
 async def test_purge_deletes_only_expired_finished_jobs(backend: Backend) -> None:
     done, waiting = make_job(), make_job()
     await backend.enqueue(done)

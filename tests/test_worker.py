@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -715,10 +715,20 @@ async def test_lost_lease_reply_runs_job_at_once(
     assert f"found 1 jobs leased by calls whose replies were lost, and runs them: {lost[0]}" in caplog.text
 
 
-async def test_stopping_worker_returns_lost_reply_jobs(
-    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = make_settings(backend_url, key_prefix, WORKER_CONCURRENCY=1)
+@asynccontextmanager
+async def worker_losing_first_lease(
+    backend_url: str,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    on_lost: Callable[[RedisBackend, list[Job]], Awaitable[object]] | None = None,
+    **options: Any,
+) -> AsyncIterator[tuple[Worker, Client, list[str]]]:
+    """Run a worker whose first lease loses its reply, and which stops in that call.
+
+    ``on_lost`` runs in that call after Redis leased the jobs, before the failure. The worker
+    has stopped when the block ends.
+    """
+    settings = make_settings(backend_url, key_prefix, **options)
     plugins = load_plugins(settings.plugin_modules)
     backend = create_backend(plugins.manager, settings)
     worker = Worker(settings, backend, plugins)
@@ -727,8 +737,10 @@ async def test_stopping_worker_returns_lost_reply_jobs(
 
     async def stop_and_lose_reply(self: RedisBackend, *args: Any) -> list[Job]:
         leased = await wait_and_lease(self, *args)
-        if leased:
+        if leased and not lost:
             lost.extend(job.id for job in leased)
+            if on_lost is not None:
+                await on_lost(self, leased)
             worker.stop()
             raise BackendError("Redis at test failed: ConnectionError: reply lost on purpose")
         return leased
@@ -741,16 +753,56 @@ async def test_stopping_worker_returns_lost_reply_jobs(
             with anyio.fail_after(5):
                 while not worker._blocked:
                     await anyio.sleep(0.01)
-            job = await client.submit("echo", {})
-        returned = await backend.get_job(job.id)
+            yield worker, client, lost
     finally:
         await backend.close()
 
-    assert lost == [job.id]
-    assert returned.status is JobStatus.pending
-    assert returned.crashes == 0
-    assert returned.attempts == 0
-    assert f"returned job {job.id}:echo, leased by a call whose reply was lost" in caplog.text
+
+async def test_stopping_worker_returns_lost_reply_jobs(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with worker_losing_first_lease(backend_url, key_prefix, monkeypatch, WORKER_CONCURRENCY=4) as (
+        worker, client, lost,
+    ):
+        submitted = await client.submit_batch([JobSpec("echo", {"n": n}) for n in range(6)])
+        with anyio.fail_after(5):
+            while not lost:
+                await anyio.sleep(0.01)
+    async with Client(worker.settings) as reader:
+        returned = [await reader.get_job(each.job.id) for each in submitted]
+        queued = await reader.backend.client.lrange(reader.backend.keys.normal, 0, -1)
+
+    # The first lease takes the first jobs, at most one per slot.
+    assert 2 <= len(lost) <= 4
+    assert lost == [each.job.id for each in submitted[: len(lost)]]
+    assert [job.status for job in returned] == [JobStatus.pending] * 6
+    assert [job.crashes for job in returned] == [0] * 6
+    assert [job.attempts for job in returned] == [0] * 6
+    assert queued == [each.job.id for each in submitted]
+    assert f"returned job {lost[0]}:echo, leased by a call whose reply was lost" in caplog.text
+
+
+async def test_stopping_worker_cancels_lost_reply_job(
+    backend_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[str] = []
+
+    async def cancel_leased(backend: RedisBackend, leased: list[Job]) -> None:
+        outcomes.append((await backend.cancel_job(leased[0].id))[0])
+
+    async with worker_losing_first_lease(backend_url, key_prefix, monkeypatch, cancel_leased) as (
+        worker, client, lost,
+    ):
+        job = await client.submit("echo", {})
+        with anyio.fail_after(5):
+            while not lost:
+                await anyio.sleep(0.01)
+    async with Client(worker.settings) as reader:
+        after_stop = await reader.get_job(job.id)
+
+    assert outcomes == ["requested"]
+    assert after_stop.status is JobStatus.cancelled
+    assert after_stop.crashes == 0
 
 
 async def test_recovery_waits_for_lease_in_flight(

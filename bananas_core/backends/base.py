@@ -109,15 +109,20 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def release(self, job: Job) -> bool:
-        """Return an unfinished job to the head of its queue. Returns False if its lease was lost."""
+    async def release(self, job: Job) -> Recorded:
+        """Return an unfinished job to the head of its queue.
+
+        Returns ``recorded`` when it went back, ``cancelled`` when its cancellation had been
+        requested (it is cancelled instead), and ``stale``, which is false, when its lease
+        was lost.
+        """
 
     @abc.abstractmethod
     async def heartbeat(self, jobs: list[Job], lease: float) -> list[str]:
         """Extend the leases of running jobs. Returns the ids whose lease was lost."""
 
     async def leased_to(self, worker: str) -> list[Job]:
-        """Return the jobs whose current lease belongs to ``worker``, as stored.
+        """Return the jobs whose current lease belongs to ``worker``, as stored, in lease order.
 
         A worker calls this after a call that leases jobs failed, because Redis may have carried
         the call out and lost only the reply. A backend that cannot tell returns an empty list, and

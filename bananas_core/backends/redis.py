@@ -302,14 +302,17 @@ class RedisBackend(Backend):
         return bool(recorded)
 
     @_translate_errors
-    async def release(self, job: Job) -> bool:
+    async def release(self, job: Job) -> Recorded:
         k = self.keys
         done = await self._eval(
             "release",
-            keys=[k.processing, k.leases, k.jobs, k.for_priority(job.priority), k.wakeup],
-            args=[job.id, job.token, WAKEUP_TOKENS_MAX],
+            keys=[
+                k.processing, k.leases, k.jobs, k.for_priority(job.priority), k.wakeup,
+                cancel_requests_key(self.prefix, self.queue), cancelled_key(self.prefix, self.queue),
+            ],
+            args=[job.id, job.token, WAKEUP_TOKENS_MAX, self._finished_channel],
         )
-        return bool(done)
+        return Recorded(done)
 
     @_translate_errors
     async def heartbeat(self, jobs: list[Job], lease: float) -> list[str]:

@@ -135,7 +135,9 @@ for i = 1, 3 do
         raw = cjson.encode(job)
         redis.call('HSET', KEYS[6], id, raw)
         redis.call('HSET', KEYS[5], id, job.token)
-        redis.call('ZADD', KEYS[4], deadline, id)
+        -- A thousandth of a millisecond more per job keeps the lease's order in the set, for
+        -- a worker that looks up the jobs of a lost reply (leased_to).
+        redis.call('ZADD', KEYS[4], deadline + #leased * 0.001, id)
         leased[#leased + 1] = raw
       end
     end
