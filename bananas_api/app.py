@@ -302,6 +302,11 @@ def _add_submit_routes(
         )
 
 
+def _payload_field(path: object) -> str:
+    # A rule on the whole payload (a model validator) has an empty path.
+    return f"payload.{path}" if path else "payload"
+
+
 async def _submit(client: Client, specs: list[JobSpec]) -> list:  # type: ignore[type-arg]
     try:
         return await client.submit_batch(specs)
@@ -314,7 +319,7 @@ async def _submit(client: Client, specs: list[JobSpec]) -> list:  # type: ignore
             "invalid_payload",
             sentence(str(error)),
             details=[
-                ErrorDetail(field=f"payload.{problem['field']}", message=str(problem["message"]))
+                ErrorDetail(field=_payload_field(problem["field"]), message=str(problem["message"]))
                 for problem in error.errors
             ],
         ) from error

@@ -19,7 +19,8 @@ def parse_address(value: object) -> Address:
     if not isinstance(value, str):
         # ValueError, not TypeError, because pydantic reports only ValueError as a field error.
         raise ValueError(f"expected a string, got {type(value).__name__}")  # noqa: TRY004
-    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+    # The three line separators outside ASCII would break the header like a line feed.
+    if any(ord(character) < 32 or character in "\x7f\x85\u2028\u2029" for character in value):
         raise ValueError(f"{value!r} contains a line break or another control character")
 
     parsed = getaddresses([value])
@@ -37,7 +38,9 @@ def parse_address(value: object) -> Address:
     # for an address that ends in '@' (seen on Python 3.11).
     except (ValueError, HeaderParseError, IndexError):
         raise ValueError(f"{value!r} is not an email address such as ada@example.com") from None
-    if not address.username or not address.domain:
+    # A domain with an empty label, such as '.x' from 'ada@\u00a0.x', cannot be sent to, and
+    # its stored form would not parse again when the job runs.
+    if not address.username or not address.domain or "" in address.domain.split("."):
         raise ValueError(f"{value!r} is not an email address such as ada@example.com")
     return address
 

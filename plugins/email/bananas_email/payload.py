@@ -64,8 +64,9 @@ class EmailPayload(BaseModel):
     @field_validator("subject")
     @classmethod
     def _check_subject(cls, value: str) -> str:
-        # A line break in a header value would let the payload inject headers.
-        if any(ord(character) < 32 and character != "\t" for character in value):
+        # A line break in a header value would let the payload inject headers, and the email
+        # package refuses to write one, so the job could never be sent.
+        if any(_breaks_header(character) for character in value):
             raise ValueError("contains a line break or another control character")
         if not value.strip():
             raise ValueError("contains only whitespace")
@@ -88,6 +89,12 @@ class EmailPayload(BaseModel):
         for address in [*self.to, *self.cc]:
             unique.setdefault(address.addr_spec, None)
         return list(unique)
+
+
+def _breaks_header(character: str) -> bool:
+    # Control characters other than tab, DEL, and the three line separators outside ASCII
+    # that str.splitlines() also splits on.
+    return (ord(character) < 32 and character != "\t") or character in "\x7f\x85\u2028\u2029"
 
 
 def parse_payload(payload: object) -> EmailPayload:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from importlib.metadata import entry_points
+from typing import Any
 
 import httpx
 import pytest
@@ -65,20 +66,36 @@ async def test_client_submit_rejects_invalid_payload(settings: Settings) -> None
     assert page.jobs == []
 
 
-@pytest.mark.anyio
-async def test_api_answers_422_naming_fields(settings: Settings) -> None:
+async def post_send_email(settings: Settings, payload: dict[str, Any]) -> httpx.Response:
     plugins = load_plugins()
     backend = create_backend(plugins.manager, settings)
     app = create_app(settings, backend, plugins)
-    payload = {"to": "ada@example.com", "subject": "Hi\nBcc: eve@example.com", "body": 1}
-
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
         ) as http:
-            response = await http.post("/jobs", json={"name": "send_email", "payload": payload})
+            return await http.post("/jobs", json={"name": "send_email", "payload": payload})
     finally:
         await backend.close()
+
+
+@pytest.mark.anyio
+async def test_api_names_payload_for_whole_payload_rule(settings: Settings) -> None:
+    recipients = [f"user{n}@example.com" for n in range(101)]
+
+    response = await post_send_email(settings, {"to": recipients, "subject": "Hi", "body": "x"})
+
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["error"]["details"]
+    assert detail["field"] == "payload"
+    assert "101 different recipients, more than 100" in detail["message"]
+
+
+@pytest.mark.anyio
+async def test_api_answers_422_naming_fields(settings: Settings) -> None:
+    payload = {"to": "ada@example.com", "subject": "Hi\nBcc: eve@example.com", "body": 1}
+
+    response = await post_send_email(settings, payload)
 
     assert response.status_code == 422, response.text
     error = response.json()["error"]
