@@ -226,6 +226,19 @@ async def test_expired_lease_is_requeued_and_fences_old_worker(backend: Backend)
     assert await backend.complete(second, "on time")
 
 
+async def test_expired_leases_return_in_queue_order(backend: Backend) -> None:
+    jobs = [make_job(n=n) for n in range(3)]
+    for job in jobs:
+        await backend.enqueue(job)
+    await backend.claim(3, "w1", 0.05)
+    await anyio.sleep(0.1)
+
+    await backend.requeue_expired(100, 3)
+    again = await backend.claim(3, "w2", 30)
+
+    assert [job.id for job in again] == [job.id for job in jobs]
+
+
 async def test_heartbeat_keeps_lease_alive(backend: Backend) -> None:
     await backend.enqueue(make_job())
     [leased] = await backend.claim(1, "w", 0.2)

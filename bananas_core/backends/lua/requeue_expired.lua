@@ -14,7 +14,10 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumb
 local handled = {}
 local requeued = 0
 
-for _, id in ipairs(ids) do
+-- The ids come oldest lease first, and in lease order within one lease (exchange.lua's scores).
+-- Each goes back to the head of its list, so the last goes first, and the list keeps that order.
+for i = #ids, 1, -1 do
+  local id = ids[i]
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   local raw = redis.call('HGET', KEYS[6], id)
