@@ -89,7 +89,8 @@ class Worker:
         # does not know: the call may have run and lost only its reply.
         self._leases_unknown = False
         self._recovering = False  # a task runs _recover_leases
-        self._unrecorded: set[str] = set()  # ids of runs whose outcome was given up on
+        # (id, token) of the deliveries whose outcome or release was given up on.
+        self._unrecorded: set[tuple[str, int]] = set()
         self._closing = False  # no more jobs come: idle slots return
         self._settling = 0  # slots waiting for their outcome to be recorded, to announce it
         self._settling_sent = 0  # those of them whose outcome is in an exchange call in flight
@@ -481,11 +482,16 @@ class Worker:
         try:
             leased = await self.backend.leased_to(self.id)
             # Nothing runs any more, so a job leased here that the worker does not hold came in
-            # a lost reply. A job whose outcome could not be recorded is the exception: it
-            # ran, and its lease is left to expire, so that the run counts as a crash.
-            lost = [job for job in leased if not self._holds(job) and job.id not in self._unrecorded]
+            # a lost reply. A delivery whose outcome or release could not be recorded is the
+            # exception: its lease is left to expire, as the error logged then announced.
+            lost = [
+                job for job in leased
+                if not self._holds(job) and (job.id, job.token) not in self._unrecorded
+            ]
             # leased_to gives the order of the leases. The last goes back first, so that the
             # LPUSHes leave the first job at the head of its list.
+            # NOTE: two leases whose deadlines fall in the same millisecond (the two lanes'
+            # calls, say) share their scores, and their jobs may come back interleaved.
             for job in reversed(lost):
                 released = await self.backend.release(job)
                 if released == Recorded.cancelled:
@@ -596,7 +602,7 @@ class Worker:
                 continue
             job = entry.outcome.job
             self._forget(job)
-            self._unrecorded.add(job.id)
+            self._unrecorded.add((job.id, job.token))
             logger.error(
                 "Could not record the outcome of job %s:%s; its lease will expire and it runs again",
                 job.id, job.name,
@@ -704,7 +710,8 @@ class Worker:
             "requested while it was leased",
             job.id, job.name, leased_by,
         )
-        self.stats.record(job.queue, job.name, Outcome.cancelled, _run_seconds(job), None)
+        # No run time: the job may never have started.
+        self.stats.record(job.queue, job.name, Outcome.cancelled, None, None)
 
     async def _execute(self, job: Job) -> _Finished:
         handler = self.plugins.registry.get(job.name)
@@ -895,6 +902,7 @@ class Worker:
                 except BackendError as error:
                     failures += 1
                     await self._backoff(f"record job {job.id}", error, failures)
+        self._unrecorded.add((job.id, job.token))
         logger.error(
             "Could not record the outcome of job %s:%s; its lease will expire and it runs again",
             job.id, job.name,

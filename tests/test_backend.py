@@ -331,6 +331,8 @@ async def test_release_cancels_job_with_cancel_request(backend: Backend) -> None
     cancelled = await backend.get_job(job.id)
     assert cancelled.status is JobStatus.cancelled
     assert cancelled.finished_at is not None
+    assert cancelled.attempts == 0
+    assert cancelled.started_at is None
     assert await backend.cancel_requested_at(leased) is None
     [next_leased] = await backend.claim(10, "w", 30)
     assert next_leased.id == behind.id

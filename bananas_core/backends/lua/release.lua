@@ -1,7 +1,7 @@
 -- Return an unfinished job to the head of its priority list (graceful shutdown), if the caller
 -- still holds its lease. The interrupted run does not count as an attempt. A job whose
--- cancellation was requested while it ran is cancelled instead, as finish_cancelled.lua
--- records it: returned, it would run again before any worker saw the request.
+-- cancellation was requested while it was leased is cancelled instead: returned, it would run
+-- again before any worker saw the request.
 -- KEYS: processing, leases, jobs, the job's priority list, wakeup, cancel requests, cancelled
 -- ARGV: job id, delivery token, wakeup token limit, finished channel
 -- Returns 1 when returned, 2 when cancelled, 0 when the token is stale.
@@ -14,6 +14,8 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 
 local job = cjson.decode(redis.call('HGET', KEYS[3], ARGV[1]))
 job.worker = nil
+job.attempts = math.max((job.attempts or 1) - 1, 0)
+job.started_at = nil
 
 if redis.call('HDEL', KEYS[6], ARGV[1]) == 1 then
   local server_time = redis.call('TIME')
@@ -27,8 +29,6 @@ if redis.call('HDEL', KEYS[6], ARGV[1]) == 1 then
 end
 
 job.status = 'pending'
-job.attempts = math.max((job.attempts or 1) - 1, 0)
-job.started_at = nil
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(job))
 
 redis.call('LPUSH', KEYS[4], ARGV[1])

@@ -38,11 +38,29 @@ def parse_address(value: object) -> Address:
     # for an address that ends in '@' (seen on Python 3.11).
     except (ValueError, HeaderParseError, IndexError):
         raise ValueError(f"{value!r} is not an email address such as ada@example.com") from None
-    # A domain with an empty label, such as '.x' from 'ada@\u00a0.x', cannot be sent to, and
-    # its stored form would not parse again when the job runs.
+    # A domain with an empty label, such as '.x' from 'ada@\u00a0.x', cannot be sent to.
     if not address.username or not address.domain or "" in address.domain.split("."):
         raise ValueError(f"{value!r} is not an email address such as ada@example.com")
+    # The parser drops spaces inside a domain and the quotes around a local part, so
+    # 'ada@exa mple.com' would go to example.com, and '"a..b"@example.com' would be stored in
+    # a form that no longer parses when the job runs. The address must read back as itself.
+    if _spaced_domain(value) or not _reads_back(address):
+        raise ValueError(f"{value!r} is not an email address that can be sent as written")
     return address
+
+
+def _spaced_domain(value: str) -> bool:
+    # The domain as written: after the last '@', before a closing '>' or a comment.
+    domain = value.rpartition("@")[2].split(">")[0].split("(")[0].strip()
+    return any(character.isspace() for character in domain)
+
+
+def _reads_back(address: Address) -> bool:
+    try:
+        again = Address(addr_spec=address.addr_spec)
+    except (ValueError, HeaderParseError, IndexError):
+        return False
+    return (again.username, again.domain) == (address.username, address.domain)
 
 
 def format_address(address: Address) -> str:
