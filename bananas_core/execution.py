@@ -54,7 +54,8 @@ async def run_handler(
 
     with anyio.move_on_after(job.timeout) as scope:
         if handler.isolation == "process":
-            assert context is not None, "an isolated handler needs the job's context"
+            if context is None:
+                raise TypeError(f"handler {handler.name!r} runs in a child process, which needs the job's context")
             result = await run_in_process(handler, context)
         elif handler.is_async:
             result = await handler.function(*arguments)

@@ -266,7 +266,7 @@ def parse_payload(schema: type[BaseModel], payload: dict[str, Any], *, handler: 
 
     Raises InvalidPayload naming ``handler`` and each invalid field.
     """
-    fields = {key: value for key, value in payload.items() if not _is_reserved(key)}
+    fields = without_reserved_keys(payload)
     try:
         return schema.model_validate(fields)
     except ValidationError as error:
@@ -280,8 +280,16 @@ def parse_payload(schema: type[BaseModel], payload: dict[str, Any], *, handler: 
         raise InvalidPayload(f"invalid payload for handler {handler!r}: {described}", problems) from error
 
 
-def _is_reserved(key: str) -> bool:
-    return key.startswith(RESERVED_PAYLOAD_PREFIX)
+def without_reserved_keys(payload: dict[Any, Any]) -> dict[Any, Any]:
+    """Return ``payload`` without the reserved ``_bananas*`` keys that carry plugins' metadata.
+
+    A handler that validates a payload itself calls this first, as the core does for a schema.
+    """
+    return {key: value for key, value in payload.items() if not _is_reserved(key)}
+
+
+def _is_reserved(key: object) -> bool:
+    return isinstance(key, str) and key.startswith(RESERVED_PAYLOAD_PREFIX)
 
 
 def _reserved(payload: dict[str, Any]) -> dict[str, Any]:

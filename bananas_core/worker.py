@@ -495,7 +495,7 @@ class Worker:
             for job in reversed(lost):
                 released = await self.backend.release(job)
                 if released == Recorded.cancelled:
-                    self._cancelled_on_release(job, ", leased by a call whose reply was lost,")
+                    self._cancelled_on_release(job)
                 elif released:
                     logger.warning(
                         "Worker %s returned job %s:%s, leased by a call whose reply was lost, "
@@ -700,15 +700,15 @@ class Worker:
         released = await self._record(job, lambda: self.backend.release(job))
         self._forget(job)
         if released == Recorded.cancelled:
-            self._cancelled_on_release(job, "")
+            self._cancelled_on_release(job)
         elif released:
             logger.info("Returned job %s:%s to the head of its queue", job.id, job.name)
 
-    def _cancelled_on_release(self, job: Job, leased_by: str) -> None:
+    def _cancelled_on_release(self, job: Job) -> None:
         logger.info(
-            "Cancelled job %s:%s%s instead of returning it to its queue: its cancellation was "
+            "Cancelled job %s:%s instead of returning it to its queue: its cancellation was "
             "requested while it was leased",
-            job.id, job.name, leased_by,
+            job.id, job.name,
         )
         # No run time: the job may never have started.
         self.stats.record(job.queue, job.name, Outcome.cancelled, None, None)

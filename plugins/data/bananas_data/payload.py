@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from bananas_core import PermanentError
-from bananas_core.registry import RESERVED_PAYLOAD_PREFIX
+from bananas_core.registry import without_reserved_keys
 
 FieldName = Annotated[str, StringConstraints(min_length=1)]
 
@@ -69,7 +69,7 @@ def parse_payload(payload: object, max_records: int) -> DataPayload:
             "invalid process_data payload: expected a JSON object with records and value, "
             f"got {type(payload).__name__}"
         )
-    fields = {key: value for key, value in payload.items() if not _is_reserved(key)}
+    fields = without_reserved_keys(payload)
     try:
         return DataPayload.model_validate(fields, context={"max_records": max_records})
     except ValidationError as error:
@@ -92,10 +92,6 @@ def _too_many_records(count: int, max_records: int) -> str:
         f"contains {count} records, more than DATA_MAX_RECORDS={max_records}: "
         "split the records over several jobs, or raise DATA_MAX_RECORDS"
     )
-
-
-def _is_reserved(key: object) -> bool:
-    return isinstance(key, str) and key.startswith(RESERVED_PAYLOAD_PREFIX)
 
 
 def _describe(detail: Any) -> str:

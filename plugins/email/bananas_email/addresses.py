@@ -7,6 +7,16 @@ from email.headerregistry import Address
 from email.utils import getaddresses
 
 
+def breaks_header(character: str) -> bool:
+    """Return True for a character that must not appear in a header value.
+
+    That is a control character other than tab, DEL, or one of the three line separators
+    outside ASCII that ``str.splitlines()`` splits on: the email package rejects a header
+    with a line break, and a payload could otherwise inject headers.
+    """
+    return (ord(character) < 32 and character != "\t") or character in "\x7f\x85\u2028\u2029"
+
+
 def parse_address(value: object) -> Address:
     """Parse one address such as ``ada@example.com`` or ``Ada Lovelace <ada@example.com>``.
 
@@ -19,8 +29,7 @@ def parse_address(value: object) -> Address:
     if not isinstance(value, str):
         # ValueError, not TypeError, because pydantic reports only ValueError as a field error.
         raise ValueError(f"expected a string, got {type(value).__name__}")  # noqa: TRY004
-    # The three line separators outside ASCII would break the header like a line feed.
-    if any(ord(character) < 32 or character in "\x7f\x85\u2028\u2029" for character in value):
+    if any(breaks_header(character) or character == "\t" for character in value):
         raise ValueError(f"{value!r} contains a line break or another control character")
 
     parsed = getaddresses([value])

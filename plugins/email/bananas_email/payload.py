@@ -17,8 +17,8 @@ from pydantic import (
 )
 
 from bananas_core import PermanentError
-from bananas_core.registry import RESERVED_PAYLOAD_PREFIX
-from bananas_email.addresses import format_address, parse_address
+from bananas_core.registry import without_reserved_keys
+from bananas_email.addresses import breaks_header, format_address, parse_address
 
 # RFC 5321 section 4.5.3.1.8 requires servers to accept at least 100 recipients per
 # message, so a larger message may be cut short by a compliant server.
@@ -64,9 +64,7 @@ class EmailPayload(BaseModel):
     @field_validator("subject")
     @classmethod
     def _check_subject(cls, value: str) -> str:
-        # A line break in a header value would let the payload inject headers, and the email
-        # package refuses to write one, so the job could never be sent.
-        if any(_breaks_header(character) for character in value):
+        if any(breaks_header(character) for character in value):
             raise ValueError("contains a line break or another control character")
         if not value.strip():
             raise ValueError("contains only whitespace")
@@ -91,12 +89,6 @@ class EmailPayload(BaseModel):
         return list(unique)
 
 
-def _breaks_header(character: str) -> bool:
-    # Control characters other than tab, DEL, and the three line separators outside ASCII
-    # that str.splitlines() also splits on.
-    return (ord(character) < 32 and character != "\t") or character in "\x7f\x85\u2028\u2029"
-
-
 def parse_payload(payload: object) -> EmailPayload:
     """Validate a ``send_email`` payload.
 
@@ -109,16 +101,12 @@ def parse_payload(payload: object) -> EmailPayload:
             f"invalid send_email payload: expected a JSON object with to, subject and body, "
             f"got {type(payload).__name__}"
         )
-    fields = {key: value for key, value in payload.items() if not _is_reserved(key)}
+    fields = without_reserved_keys(payload)
     try:
         return EmailPayload.model_validate(fields)
     except ValidationError as error:
         problems = [_describe(detail) for detail in error.errors()]
         raise PermanentError("invalid send_email payload:\n  " + "\n  ".join(problems)) from error
-
-
-def _is_reserved(key: object) -> bool:
-    return isinstance(key, str) and key.startswith(RESERVED_PAYLOAD_PREFIX)
 
 
 def _describe(detail: Any) -> str:
